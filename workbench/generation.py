@@ -140,3 +140,20 @@ def completion_logprobs(model, tokenizer, prompts: list[Prompt], completion_ids:
             n = len(completion)
             results.append(logprobs[row, width - 1 - n :].tolist() if n else [])
     return results
+
+
+@torch.inference_mode()
+def text_logprobs(model, tokenizer, text: str) -> tuple[list[str], list[float]]:
+    """Per-token log-probs of a plain text (no chat template): tokens[1:] and log p(token | previous tokens)."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)  # (1, T)
+    if ids.shape[1] < 2:
+        raise ValueError(f"text {text!r} is a single token; need at least two to score")
+    logits = model(input_ids=ids).logits.float()  # (1, T, V)
+    logprobs = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)  # (T-1,)
+    tokens = [tokenizer.decode([t]) for t in ids[0, 1:].tolist()]
+    return tokens, logprobs.tolist()
+
+
+def perplexity(logprobs: list[float]) -> float:
+    """exp of the mean negative log-likelihood per token: 1 = certain, vocabulary size = uniform guessing."""
+    return float(torch.tensor(logprobs).neg().mean().exp())

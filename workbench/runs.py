@@ -123,8 +123,13 @@ class RunDir:
     def log_metrics(self, stage: str, step: int, metrics: dict[str, float]) -> None:
         """Append one line; flushed and fsynced so a crash loses at most the line being written."""
         row = {"stage": stage, "step": step, "time": time.time(), **metrics}
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(row, default=float) + "\n")
+        with open(self.metrics_path, "a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a previous writer crashed mid-line: start a fresh line
+                    handle.write(b"\n")
+            handle.write((json.dumps(row, default=float) + "\n").encode())
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -1,0 +1,61 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["models", "prepare", "generate", "pretrain", "sft", "app"]
+
+
+def workbench(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_everywhere(command):
+    result = workbench(*([command] if command else []), "--help")
+    assert "usage: workbench" in result.stdout
+
+
+def test_models_lists_the_registry_as_json():
+    rows = json.loads(workbench("models", "--json").stdout)
+    assert {r["name"] for r in rows} >= {"smollm2-135m-instruct", "minilm-l6", "tiny-random-llama"}
+    assert all(r["offline_ready"] for r in rows)  # `make test` prepared them
+
+
+def test_generate_json_is_reproducible():
+    args = ("generate", "tiny-random-llama", "--prompt", "Hello there", "-n", "3", "--seed", "5",
+            "--max-new-tokens", "6", "--json")
+    first = [json.loads(line) for line in workbench(*args).stdout.splitlines()]
+    second = [json.loads(line) for line in workbench(*args).stdout.splitlines()]
+    assert len(first) == 3 and first == second
+    assert {"prompt", "completion", "n_tokens", "sum_logprob", "finished"} <= set(first[0])
+
+
+def test_generate_from_a_prompt_file(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    lines = workbench("generate", "tiny-random-llama", "--prompts", str(path), "--max-new-tokens", "4", "--json")
+    assert [json.loads(line)["prompt"] for line in lines.stdout.splitlines()] == ["one", "two"]
+
+
+def test_errors_are_one_clear_line_and_exit_2(tmp_path):
+    result = workbench("generate", "no-such-model", "--prompt", "x", check=False)
+    assert result.returncode == 2 and "Unknown model 'no-such-model'" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "bad.yaml").write_text("max_stepz: 3\n")
+    result = workbench("pretrain", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "bad.yaml"), check=False)
+    assert result.returncode == 2 and "unknown field(s) ['max_stepz']" in result.stderr
+
+
+def test_pretrain_from_the_command_line_with_a_config_file(tmp_path):
+    (tmp_path / "pretrain.yaml").write_text("max_steps: 2\nbatch_size: 4\nseq_len: 32\nsample_tokens: 4\n")
+    out = workbench("pretrain", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "pretrain.yaml"),
+                    "--steps", "3", "--json")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["model_dir"].endswith("pretrain/model")
+    saved = json.loads((tmp_path / "run" / "pretrain" / "config.json").read_text())
+    assert saved["max_steps"] == 3 and saved["batch_size"] == 4  # flag overrides file, file overrides default

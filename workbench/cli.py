@@ -1,0 +1,175 @@
+"""`workbench` command line: thin wrappers over the package's functions.
+
+Every training command takes `--config FILE.yaml|json` (a stage config) and flags that override it,
+and `--json` to print one final JSON line for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from workbench.runs import ConfigError, config_from_dict, load_config
+
+
+def _config(cls, args, mapping: dict[str, str]):
+    """Stage config = defaults <- --config file <- explicit flags (those not None)."""
+    config = load_config(cls, args.config) if getattr(args, "config", None) else None
+    data = {} if config is None else {k: v for k, v in vars(config).items()}
+    for flag, field_name in mapping.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[field_name] = value
+    return config_from_dict(cls, data, source=args.config or "command line")
+
+
+def _print(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def cmd_models(args) -> None:
+    from workbench.models import describe_models, prepare_offline_copy
+
+    for name in args.prepare or []:
+        print(f"{name}: {prepare_offline_copy(name)}", file=sys.stderr)
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        ready = "ready" if row["offline_ready"] else "not prepared"
+        print(f"{row['name']:<24} {row['kind']:<7} offline copy: {ready:<12} {row['description']}")
+
+
+def cmd_prepare(args) -> None:
+    from workbench.models import prepare_offline_copy
+
+    for name in args.names:
+        print(f"{name}: {prepare_offline_copy(name)}")
+
+
+def cmd_generate(args) -> None:
+    from workbench.data import load_prompts
+    from workbench.generation import SamplingConfig, generate
+    from workbench.models import load_policy
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise SystemExit("error: give exactly one of --prompt TEXT or --prompts FILE")
+    prompts = [args.prompt] * args.n if args.prompt is not None else [r.prompt for r in load_prompts(args.prompts)]
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, batch_size=args.batch_size, show_progress=not args.json)
+    model, tokenizer = load_policy(args.model, dtype=args.dtype)
+    for completion in generate(model, tokenizer, prompts, config):
+        if args.json:
+            print(json.dumps({"prompt": completion.prompt, "completion": completion.text,
+                              "n_tokens": len(completion.token_ids), "sum_logprob": completion.sum_logprob,
+                              "finished": completion.finished}))
+        else:
+            print(f"--- {completion.text}")
+
+
+def cmd_pretrain(args) -> None:
+    from workbench.pretrain import PretrainConfig, pretrain
+
+    config = _config(PretrainConfig, args, {"text": "text", "preset": "preset", "steps": "max_steps",
+                                            "seed": "seed", "batch_size": "batch_size", "seq_len": "seq_len"})
+    result = pretrain(config, args.out)
+    summary = result.summary()
+    if not args.json:
+        summary["samples_before"], summary["samples_after"] = result.samples_before, result.samples_after
+    _print(summary, args.json)
+
+
+def cmd_sft(args) -> None:
+    from workbench.sft import SFTRunConfig, supervised_finetune
+
+    config = _config(SFTRunConfig, args, {"data": "data", "model": "model", "steps": "max_steps", "seed": "seed",
+                                          "learning_rate": "learning_rate", "batch_size": "batch_size"})
+    _print(supervised_finetune(config, args.out), args.json)
+
+
+def cmd_app(args) -> None:
+    from apps.workbench_app import launch
+
+    launch(args.model, host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="RLHF workbench: pretrain, prefer, reward, RL.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered models and whether their offline copies are ready")
+    p.add_argument("--prepare", nargs="*", metavar="NAME", help="build these offline copies first")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("prepare", help="build offline copies of models (done by `make app` / `make test`)")
+    p.add_argument("names", nargs="*", default=["smollm2-135m-instruct", "tiny-random-llama", "minilm-l6"])
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("generate", help="sample completions from a policy")
+    p.add_argument("model", help="registry name, local folder or Hub id")
+    p.add_argument("--prompt", help="one prompt (plain text; the chat template is applied)")
+    p.add_argument("--prompts", help="a .jsonl/.csv file or dataset with a 'prompt' column")
+    p.add_argument("-n", type=int, default=1, help="samples of --prompt (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"])
+    p.add_argument("--json", action="store_true", help="one JSON object per completion")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("pretrain", help="pretrain a tiny causal LM from scratch on plain text")
+    p.add_argument("--text", help="text file or dataset (default: the built-in story corpus)")
+    p.add_argument("--out", required=True, help="run directory (writes <out>/pretrain/)")
+    p.add_argument("--preset", help="model size: tiny or small")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="PretrainConfig as YAML/JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning with TRL's SFTTrainer")
+    p.add_argument("--data", help="JSONL/CSV/dataset with text, messages, or prompt+completion")
+    p.add_argument("--model", help="policy to fine-tune (default smollm2-135m-instruct)")
+    p.add_argument("--out", required=True, help="run directory (writes <out>/sft/)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="SFTRunConfig as YAML/JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("app", help="open the Gradio app on http://127.0.0.1:7860")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workbench.data import PromptFileError
+    from workbench.models import ModelNotFoundError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, PromptFileError, ModelNotFoundError, ValueError) as error:
+        print(f"workbench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

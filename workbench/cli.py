@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from workbench.runs import ConfigError, config_from_dict, load_config
 
@@ -93,6 +94,78 @@ def cmd_sft(args) -> None:
     _print(supervised_finetune(config, args.out), args.json)
 
 
+def _store(path: str):
+    from workbench.preferences import PreferenceStore
+
+    return PreferenceStore(path)
+
+
+def cmd_pairs(args) -> None:
+    from workbench.preferences.pairs import PairConfig, make_pairs
+    from workbench.preferences.simulate import prompts_for
+    from workbench.models import load_policy
+
+    policy = load_policy(args.policy)
+    policy_b = load_policy(args.policy_b) if args.policy_b else None
+    config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    pairs = make_pairs(prompts_for(args.n), policy, config, policy_b=policy_b,
+                       model_names=(args.policy, args.policy_b or args.policy), show_progress=not args.json)
+    added = _store(args.db).add_pairs(pairs)
+    _print({"db": args.db, "n_pairs": len(pairs), "n_new": added}, args.json)
+
+
+def cmd_label(args) -> None:
+    from workbench.models import load_policy
+    from workbench.oracles import SimulatedLabeler
+    from workbench.preferences.pairs import PairConfig
+    from workbench.preferences.simulate import collect_simulated_preferences
+
+    labeler = SimulatedLabeler(args.oracle, temperature=args.noise, seed=args.seed)
+    config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    summary = collect_simulated_preferences(_store(args.db), load_policy(args.policy), args.pairs, labeler, config,
+                                            model_name=args.policy, show_progress=not args.json)
+    _print({"db": args.db, "oracle": args.oracle, **summary}, args.json)
+
+
+def cmd_prefs(args) -> None:
+    from workbench.oracles import get_oracle
+    from workbench.preferences import export_preferences, import_preferences, to_csv, to_jsonl, to_parquet
+
+    if args.action != "stats" and not args.path:
+        raise ValueError(f"prefs {args.action} needs a PATH (a .jsonl/.parquet/.csv file or a folder)")
+    store = _store(args.db)
+    if args.action == "stats":
+        _print(store.stats(gold=get_oracle(args.oracle) if args.oracle else None), True)
+    elif args.action == "export":
+        dataset, report = export_preferences(store, keep=tuple(args.keep.split(",")))
+        writer = {".jsonl": to_jsonl, ".parquet": to_parquet, ".csv": to_csv}.get(Path(args.path).suffix)
+        if writer is None:
+            dataset.save_to_disk(args.path)
+        else:
+            writer(dataset, args.path)
+        _print({"path": args.path, **report}, args.json)
+    else:
+        report = import_preferences(args.path, store, skip_invalid=args.skip_invalid)
+        _print({"path": args.path, "n_rows": report.n_rows, "n_imported": report.n_imported,
+                "n_skipped": report.n_skipped, "errors": [str(e) for e in report.errors[:20]]}, args.json)
+
+
+def cmd_train_rm(args) -> None:
+    from workbench.preferences import export_preferences, import_preferences
+    from workbench.reward import RewardModelConfig, train_reward_model
+
+    if (args.db is None) == (args.dataset is None):
+        raise ValueError("give exactly one of --db PATH or --dataset PATH")
+    config = _config(RewardModelConfig, args, {"backbone": "backbone", "epochs": "epochs", "seed": "seed",
+                                               "oracle": "oracle", "resume": "resume", "bf16": "bf16"})
+    store = _store(args.db or str(Path(args.out) / "prefs.sqlite"))
+    if args.dataset:  # validated row by row; nothing lands unless all rows are valid
+        import_preferences(args.dataset, store)
+    dataset, report = export_preferences(store)
+    result = train_reward_model(dataset.to_list(), config, args.out)
+    _print({**result.summary(), "export": report}, args.json)
+
+
 def cmd_app(args) -> None:
     from apps.workbench_app import launch
 
@@ -150,6 +223,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sft)
 
+    p = sub.add_parser("pairs", help="generate pairs of completions into a preference store")
+    p.add_argument("--db", required=True, help="SQLite preference store, e.g. runs/demo/prefs.sqlite")
+    p.add_argument("-n", type=int, default=32, help="number of pairs (built-in train prompts, cycled)")
+    p.add_argument("--policy", default="smollm2-135m-instruct")
+    p.add_argument("--policy-b", help="a second model for side B (default: two samples of --policy)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("label", help="generate pairs and label them with a simulated labeler")
+    p.add_argument("--db", required=True)
+    p.add_argument("--pairs", type=int, default=200)
+    p.add_argument("--oracle", default="upbeat-concise", help="positive, concise, no-repeat, upbeat-concise")
+    p.add_argument("--noise", type=float, default=0.1, help="Bradley-Terry temperature of the labeler")
+    p.add_argument("--policy", default="smollm2-135m-instruct")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the pairs")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("prefs", help="preference store: stats, export, import")
+    p.add_argument("action", choices=["stats", "export", "import"])
+    p.add_argument("path", nargs="?", help="export: .jsonl/.parquet/.csv or a folder; import: .jsonl/.parquet/folder")
+    p.add_argument("--db", required=True)
+    p.add_argument("--oracle", help="stats: also agreement with this gold labeler")
+    p.add_argument("--keep", default="A,B", help="export: choices to keep (default A,B; ties etc. are dropped)")
+    p.add_argument("--skip-invalid", action="store_true", help="import: import valid rows, report the rest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prefs)
+
+    p = sub.add_parser("train-rm", help="train a reward model with TRL's RewardTrainer")
+    p.add_argument("--db", help="preference store to train on")
+    p.add_argument("--dataset", help="or a preference dataset (.jsonl/.parquet/folder with prompt, chosen, rejected)")
+    p.add_argument("--out", required=True, help="run directory (writes <out>/reward/)")
+    p.add_argument("--backbone", help="minilm-l6 (default) or a policy name/path")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--oracle", help="gold labeler for gold accuracy (default upbeat-concise)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    p.add_argument("--bf16", action="store_true", default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="RewardModelConfig as YAML/JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train_rm)
+
     p = sub.add_parser("app", help="open the Gradio app on http://127.0.0.1:7860")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -165,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, PromptFileError, ModelNotFoundError, ValueError) as error:
+    except (ConfigError, PromptFileError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError) as error:
         print(f"workbench {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

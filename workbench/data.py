@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from workbench.generation import Prompt
+from workbench.generation import Prompt, prompt_text
 
 HELDOUT_PERCENT = 20  # share of the built-in prompts kept out of training, chosen by a hash of the id
 
@@ -32,9 +32,7 @@ class PromptRecord:
     @property
     def text(self) -> str:
         """The last user message (or the plain prompt): what a person reads."""
-        if isinstance(self.prompt, str):
-            return self.prompt
-        return next((m["content"] for m in reversed(self.prompt) if m["role"] == "user"), self.prompt[-1]["content"])
+        return prompt_text(self.prompt)
 
 
 def builtin_corpus_path() -> Path:

@@ -10,6 +10,13 @@ from tqdm.auto import tqdm
 Prompt = str | list[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
 
 
+def prompt_text(prompt: Prompt) -> str:
+    """The last user message (or the plain prompt): what a person reads and what a gold reward is given."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
+
+
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 48  # short replies a person can rate at a glance

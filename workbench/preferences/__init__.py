@@ -1,0 +1,14 @@
+"""Stage 2 data: pairs of completions, people's labels on them (SQLite), and preference datasets in and out."""
+
+from workbench.preferences.io import (
+    ImportReport, PreferenceImportError, RowError, export_preferences, import_preferences, to_csv, to_jsonl,
+    to_parquet,
+)
+from workbench.preferences.pairs import PairConfig, make_pairs
+from workbench.preferences.schema import CHOICES, UNDO, Label, Pair
+from workbench.preferences.store import PreferenceStore, cohens_kappa
+
+__all__ = [
+    "CHOICES", "UNDO", "PairConfig", "make_pairs", "ImportReport", "Label", "Pair", "PreferenceImportError", "PreferenceStore", "RowError",
+    "cohens_kappa", "export_preferences", "import_preferences", "to_csv", "to_jsonl", "to_parquet",
+]

@@ -1,0 +1,61 @@
+"""Pairs of completions for the same prompt, ready to be ranked by a person or a simulated labeler.
+
+Two sources: two samples of one policy (different seeds), or one sample each from two policies.
+Sides are shown in a random (recorded) order so position bias can be measured.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+
+from tqdm.auto import tqdm
+
+from workbench.data import PromptRecord
+from workbench.generation import SamplingConfig, generate
+from workbench.preferences.schema import Pair
+
+
+@dataclass
+class PairConfig:
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # diverse pairs teach the reward model more than near-duplicates
+    top_p: float = 0.95
+    seed: int = 0  # generation seeds are seed (side 1) and seed + 1 (side 2); the side order uses seed too
+    batch_size: int = 16
+
+
+def _sampling(config: PairConfig, seed: int) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                          seed=seed, batch_size=config.batch_size)
+
+
+def make_pairs(prompts: list[PromptRecord], policy, config: PairConfig | None = None, policy_b=None,
+               model_names: tuple[str, str] = ("policy", "policy"), show_progress: bool = False) -> list[Pair]:
+    """One pair per prompt. `policy` and `policy_b` are (model, tokenizer); without policy_b both sides come
+    from `policy` with different seeds. Pairs whose two sides are identical are dropped (nothing to compare)."""
+    config = config or PairConfig()
+    policy_b = policy_b or policy
+    texts = [r.prompt for r in prompts]
+    first, second = [], []
+    for start in tqdm(range(0, len(texts), config.batch_size), desc="pairs", disable=not show_progress):
+        chunk = texts[start : start + config.batch_size]
+        # per-chunk seeds keep results independent of how many prompts came before
+        first += generate(*policy, chunk, _sampling(config, config.seed + 2 * start))
+        second += generate(*policy_b, chunk, _sampling(config, config.seed + 2 * start + 1))
+    order = random.Random(config.seed)
+    settings = asdict(config)
+    pairs = []
+    for record, one, two in zip(prompts, first, second):
+        if one.text == two.text or not one.text or not two.text:
+            continue
+        swapped = order.random() < 0.5  # True: the second sample is shown on the left (A)
+        (a, model_a), (b, model_b) = ((two, model_names[1]), (one, model_names[0])) if swapped else (
+            (one, model_names[0]), (two, model_names[1]))
+        pairs.append(Pair(
+            pair_id=Pair.make_id(record.prompt, a.text, b.text, model_a, model_b),
+            prompt=record.prompt, completion_a=a.text, completion_b=b.text, model_a=model_a, model_b=model_b,
+            swapped=swapped, generation=settings, prompt_id=record.id, created_at=time.time(),
+        ))
+    return pairs

@@ -1,0 +1,163 @@
+"""Stage 2: train a reward model on preference pairs with TRL's RewardTrainer.
+
+Loss (Bradley-Terry, as in Ouyang et al. 2022 eq. 1): -log sigmoid(r(x, y_chosen) - r(x, y_rejected)).
+The input text is `reward_text(prompt, completion)`, the same at training and scoring time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.callbacks import RunMetricsCallback
+from workbench.evaluation.metrics import Estimate, bootstrap_ci, pairwise_accuracy, pairwise_outcomes
+from workbench.models import load_reward_backbone
+from workbench.oracles import get_oracle
+from workbench.generation import prompt_text
+from workbench.reward.score import MANIFEST, RewardModel, reward_text
+from workbench.runs import RunDir, write_json_atomic
+
+
+@dataclass
+class RewardModelConfig:
+    backbone: str = "minilm-l6"  # or the policy's architecture, e.g. "smollm2-135m-instruct"
+    epochs: float = 3.0  # a few passes: labels are scarce, the backbone is small
+    learning_rate: float = 1e-4  # the head is new; a higher rate than for fine-tuning a full LM
+    batch_size: int = 16  # pairs per step
+    max_length: int = 256  # tokens of prompt + completion; longer pairs are dropped and counted
+    val_fraction: float = 0.2  # held-out share, chosen by a hash of the pair's texts (stable across runs)
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast during training
+    center_rewards_coefficient: float | None = 0.01  # keeps scores near 0 (Eisenstein et al. 2023)
+    save_steps: int = 50  # checkpoint every N steps (safetensors), for resume
+    logging_steps: int = 5
+    oracle: str | None = "upbeat-concise"  # gold labeler for the gold accuracy; None to skip
+    resume: bool = False  # continue from the last complete checkpoint in <out>/reward/checkpoints
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("epochs must be > 0, batch_size >= 1 and max_length >= 8")
+
+
+@dataclass
+class RewardTrainResult:
+    model_dir: Path
+    n_pairs: int  # pairs given
+    n_train: int
+    n_val: int
+    n_dropped_too_long: int
+    accuracy: Estimate  # on the validation pairs, against the labels (ties 0.5)
+    gold_accuracy: Estimate | None  # on the validation pairs, against the gold reward's preference
+    seconds: float
+
+    def summary(self) -> dict:
+        return {"model_dir": str(self.model_dir), "n_pairs": self.n_pairs, "n_train": self.n_train,
+                "n_val": self.n_val, "n_dropped_too_long": self.n_dropped_too_long,
+                "accuracy": self.accuracy.value, "accuracy_ci": [self.accuracy.low, self.accuracy.high],
+                "gold_accuracy": self.gold_accuracy.value if self.gold_accuracy else None,
+                "gold_accuracy_ci": [self.gold_accuracy.low, self.gold_accuracy.high] if self.gold_accuracy else None,
+                "seconds": round(self.seconds, 2)}
+
+
+def is_validation(row: dict, val_fraction: float) -> bool:
+    key = json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True).encode()
+    return int(hashlib.sha256(key).hexdigest(), 16) % 10_000 < val_fraction * 10_000
+
+
+def _as_text(value) -> str:
+    """Conversational exports hold [{"role": "assistant", "content": ...}]; the RM reads the content."""
+    return value if isinstance(value, str) else value[-1]["content"]
+
+
+def gold_outcomes(rows: list[dict], scores_chosen: list[float], scores_rejected: list[float], oracle: str) -> list[float]:
+    """Per pair: 1 if the RM prefers the side the gold reward prefers, 0 if not, 0.5 when either side ties."""
+    gold = get_oracle(oracle)
+    outcomes = []
+    for row, chosen, rejected in zip(rows, scores_chosen, scores_rejected):
+        g = gold(prompt_text(row["prompt"]), _as_text(row["chosen"])) - gold(prompt_text(row["prompt"]), _as_text(row["rejected"]))
+        r = chosen - rejected
+        outcomes.append(0.5 if g == 0 or r == 0 else float((g > 0) == (r > 0)))
+    return outcomes
+
+
+def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | Path) -> RewardTrainResult:
+    """Train on rows {prompt, chosen, rejected}; writes <out>/reward/{config.json, model/, checkpoints/, eval.json}."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    if not rows:
+        raise ValueError("No preference pairs to train on: label some pairs first (A/B choices).")
+    run = RunDir(out)
+    stage_dir = run.stage_dir("reward")
+    model, tokenizer = load_reward_backbone(config.backbone)
+    train_rows = [r for r in rows if not is_validation(r, config.val_fraction)]
+    val_rows = [r for r in rows if is_validation(r, config.val_fraction)]
+    if not train_rows:
+        raise ValueError(f"All {len(rows)} pairs fell into the validation split; label more pairs.")
+
+    def as_texts(subset: list[dict]) -> dict[str, list[str]]:
+        return {"chosen": [reward_text(tokenizer, r["prompt"], _as_text(r["chosen"])) for r in subset],
+                "rejected": [reward_text(tokenizer, r["prompt"], _as_text(r["rejected"])) for r in subset]}
+
+    train_texts = as_texts(train_rows)
+    # RewardTrainer silently drops pairs longer than max_length: count them here (+1 for the appended EOS)
+    lengths = [max(len(tokenizer(c)["input_ids"]), len(tokenizer(r)["input_ids"])) + 1
+               for c, r in zip(train_texts["chosen"], train_texts["rejected"])]
+    n_dropped = sum(length > config.max_length for length in lengths)
+    run.save_config("reward", config, n_pairs=len(rows), n_train=len(train_rows), n_val=len(val_rows),
+                    n_dropped_too_long=n_dropped)
+
+    args = RewardConfig(
+        output_dir=str(stage_dir / "checkpoints"),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0.1,  # a float below 1 is a fraction of the total steps
+        max_length=config.max_length,
+        center_rewards_coefficient=config.center_rewards_coefficient,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        save_only_model=False,  # optimizer + RNG state too, so a resumed run continues exactly
+        report_to="none",
+        seed=config.seed,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(train_texts),
+                            processing_class=tokenizer, callbacks=[RunMetricsCallback(run, "reward", "rm")])
+    checkpoints = sorted((stage_dir / "checkpoints").glob("checkpoint-*"))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=bool(config.resume and checkpoints))
+    seconds = time.perf_counter() - started
+
+    model_dir = stage_dir / "model"
+    trainer.save_model(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    write_json_atomic(model_dir / MANIFEST, {"backbone": config.backbone, "max_length": config.max_length,
+                                             "text_format": "prompt <sep> completion"})
+
+    scorer = RewardModel(trainer.model, tokenizer, max_length=config.max_length, bf16=False)
+    evaluated = val_rows or train_rows  # with val_fraction=0 the numbers are training accuracy
+    chosen = scorer.score([r["prompt"] for r in evaluated], [_as_text(r["chosen"]) for r in evaluated])
+    rejected = scorer.score([r["prompt"] for r in evaluated], [_as_text(r["rejected"]) for r in evaluated])
+    accuracy = pairwise_accuracy(chosen, rejected, seed=config.seed)
+    gold = None
+    if config.oracle:
+        gold = bootstrap_ci(gold_outcomes(evaluated, chosen, rejected, config.oracle), seed=config.seed)
+    result = RewardTrainResult(model_dir, len(rows), len(train_rows), len(val_rows), n_dropped, accuracy, gold, seconds)
+    write_json_atomic(stage_dir / "eval.json", {**result.summary(), "evaluated_on": "val" if val_rows else "train",
+                                               "val_outcomes": pairwise_outcomes(chosen, rejected).tolist()})
+    return result

@@ -32,7 +32,7 @@ def plain_generate(model, tokenizer, prompts, batch_size, seed):
         batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**batch, max_new_tokens=NEW_TOKENS, do_sample=True, temperature=0.7, top_p=0.95,
-                                 top_k=0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 top_k=50, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = out[:, batch["input_ids"].shape[1] :]
         # count tokens up to and including the first EOS in each row
         for row in new.tolist():

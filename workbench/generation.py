@@ -22,6 +22,7 @@ class SamplingConfig:
     max_new_tokens: int = 48  # short replies a person can rate at a glance
     temperature: float = 0.7  # 0 means greedy decoding
     top_p: float = 0.95  # nucleus sampling; 1.0 turns it off
+    top_k: int = 50  # transformers' default; also spares a full-vocabulary sort per step (~20 ms on 2 cores)
     seed: int = 0  # torch RNG seed set at the start of every call: same seed, same samples
     batch_size: int = 8  # prompts decoded together; decoding is memory-bound, so batching is nearly free
     use_chat_template: bool = True  # wrap plain prompts as one user message and add the assistant header
@@ -34,6 +35,8 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -82,7 +85,7 @@ def generate(model, tokenizer, prompts: list[Prompt], config: SamplingConfig | N
     texts = [format_prompt(tokenizer, p, config.use_chat_template) for p in prompts]
     eos_ids = _eos_ids(model, tokenizer)
     torch.manual_seed(config.seed)
-    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0)
+    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
     if config.temperature == 0:
         sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     results: list[Completion] = []

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["models", "prepare", "generate", "pretrain", "sft", "app"]
+COMMANDS = ["models", "prepare", "generate", "pretrain", "sft", "pairs", "label", "prefs", "train-rm", "app"]
 
 
 def workbench(*args, check=True):
@@ -59,3 +59,35 @@ def test_pretrain_from_the_command_line_with_a_config_file(tmp_path):
     assert summary["model_dir"].endswith("pretrain/model")
     saved = json.loads((tmp_path / "run" / "pretrain" / "config.json").read_text())
     assert saved["max_steps"] == 3 and saved["batch_size"] == 4  # flag overrides file, file overrides default
+
+
+def test_stage2_from_the_command_line(tmp_path):
+    """label -> stats -> export -> import into a new store -> train-rm from the dataset, on the tiny models."""
+    db = str(tmp_path / "run" / "prefs.sqlite")
+    labelled = json.loads(workbench("label", "--db", db, "--pairs", "12", "--policy", "tiny-random-llama",
+                                    "--max-new-tokens", "8", "--json").stdout.splitlines()[-1])
+    assert labelled["n_pairs"] == labelled["n_new_labels"] > 0
+    again = json.loads(workbench("label", "--db", db, "--pairs", "12", "--policy", "tiny-random-llama",
+                                 "--max-new-tokens", "8", "--json").stdout.splitlines()[-1])
+    assert again["n_new_labels"] == 0  # same seeds, same pairs: nothing labelled twice
+    stats = json.loads(workbench("prefs", "stats", "--db", db, "--oracle", "upbeat-concise").stdout)
+    assert stats["n_labels"] == labelled["n_pairs"] and 0 <= stats["gold_agreement"]["share"] <= 1
+    exported = json.loads(workbench("prefs", "export", str(tmp_path / "prefs.jsonl"), "--db", db, "--json").stdout)
+    assert exported["n_rows"] == labelled["n_pairs"]
+    imported = json.loads(workbench("prefs", "import", str(tmp_path / "prefs.jsonl"), "--db",
+                                    str(tmp_path / "copy.sqlite"), "--json").stdout)
+    assert imported["n_imported"] == exported["n_rows"]
+    summary = json.loads(workbench("train-rm", "--dataset", str(tmp_path / "prefs.jsonl"), "--out",
+                                   str(tmp_path / "rm"), "--backbone", "tiny-random-llama", "--epochs", "1",
+                                   "--json").stdout.strip().splitlines()[-1])
+    assert summary["n_pairs"] == exported["n_rows"] and 0 <= summary["accuracy"] <= 1
+    assert (tmp_path / "rm" / "reward" / "model" / "workbench_reward.json").exists()
+
+
+def test_stage2_errors_are_clear(tmp_path):
+    result = workbench("train-rm", "--out", str(tmp_path), check=False)
+    assert result.returncode == 2 and "exactly one of --db PATH or --dataset PATH" in result.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
+    result = workbench("prefs", "import", str(bad), "--db", str(tmp_path / "x.sqlite"), check=False)
+    assert result.returncode == 2 and "row 1" in result.stderr

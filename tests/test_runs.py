@@ -49,3 +49,11 @@ def test_run_dir_saves_configs_and_appends_metrics(tmp_path):
     run.log_metrics("pretrain", 3, {"pretrain/loss": 1.5})  # lands on its own line after the cut one
     assert [r["pretrain/loss"] for r in run.read_metrics("pretrain")] == [2.0, 1.5]
     assert len(run.read_metrics()) == 3
+
+
+def test_clear_metrics_drops_only_that_stage(tmp_path):
+    run = RunDir(tmp_path)
+    run.log_metrics("pretrain", 1, {"pretrain/loss": 3.0})
+    run.log_metrics("reward", 1, {"rm/loss": 0.7})
+    run.clear_metrics("pretrain")
+    assert run.read_metrics("pretrain") == [] and len(run.read_metrics("reward")) == 1

@@ -1,6 +1,7 @@
 """Stage 1, from scratch: pretrain a tiny causal LM on plain text, to see what pretraining does.
 
-The model is a randomly initialised Llama with the SmolLM2 tokenizer; TRL's SFTTrainer does the
+The model is a randomly initialised Llama; by default a small BPE vocabulary (SmolLM2's algorithm and special
+tokens) is learnt from the corpus first. TRL's SFTTrainer does the
 language modelling (next-token cross-entropy on packed blocks of text). Samples are taken before
 and after training from the same prompts and seed so the change is visible.
 """
@@ -31,9 +32,9 @@ PRESETS: dict[str, dict] = {
 class PretrainConfig:
     text: str = "builtin"  # .txt/.jsonl/.csv file, a `datasets` folder or name, or "builtin" (the bundled stories)
     text_column: str = "text"  # column holding the text in tabular sources
-    preset: str = "tiny"  # "tiny" (~0.9 M parameters with the 2k vocabulary) or "small" (~5 M)
+    preset: str = "tiny"  # "tiny" (~1.2 M parameters with the ~2k vocabulary) or "small" (~5 M)
     tokenizer: str = "train"  # "train": a new small BPE vocabulary learnt from the corpus; or a model name/path
-    vocab_size: int = 2048  # for tokenizer="train"; a 49k vocabulary would be most of a tiny model's compute
+    vocab_size: int = 2048  # upper bound for tokenizer="train" (~2k on the built-in corpus); 49k would dominate compute
     max_steps: int = 200  # loss falls from ln(vocab) ~ 7.6 towards ~2
     seq_len: int = 128  # tokens per packed block
     batch_size: int = 16  # blocks per optimiser step
@@ -104,6 +105,7 @@ def pretrain(config: PretrainConfig, out: str | Path) -> PretrainResult:
         tokenizer = tokenizer.train_new_from_iterator(texts, vocab_size=config.vocab_size)
     model = build_model(config.preset, tokenizer, config.seed)
     run.save_config("pretrain", config, n_parameters=model.num_parameters(), n_texts=len(texts))
+    run.clear_metrics("pretrain")  # a fresh run: the loss curve must not mix with an earlier one
 
     samples_before = _samples(model, tokenizer, config)
     args = SFTConfig(

@@ -133,6 +133,16 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def clear_metrics(self, stage: str) -> None:
+        """Drop a stage's rows (a fresh, non-resumed run of that stage); other stages' rows stay."""
+        kept = [row for row in self.read_metrics() if row.get("stage") != stage]
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.root)
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.metrics_path)
+
     def read_metrics(self, stage: str | None = None) -> list[dict]:
         if not self.metrics_path.exists():
             return []

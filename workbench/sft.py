@@ -68,6 +68,7 @@ def supervised_finetune(config: SFTRunConfig, out: str | Path) -> dict:
     model, tokenizer = load_policy(config.model)
     model.train()
     run.save_config("sft", config, n_rows=len(rows))
+    run.clear_metrics("sft")
     args = SFTConfig(
         output_dir=str(stage_dir / "checkpoints"),
         max_steps=config.max_steps,

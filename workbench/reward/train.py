@@ -139,6 +139,8 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(train_texts),
                             processing_class=tokenizer, callbacks=[RunMetricsCallback(run, "reward", "rm")])
     checkpoints = sorted((stage_dir / "checkpoints").glob("checkpoint-*"))
+    if not (config.resume and checkpoints):
+        run.clear_metrics("reward")  # a fresh run; a resumed one continues its metrics
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=bool(config.resume and checkpoints))
     seconds = time.perf_counter() - started

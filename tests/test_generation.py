@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from workbench.generation import (
-    SamplingConfig, completion_logprobs, format_prompt, generate, perplexity, text_logprobs,
+    SamplingConfig,
+    completion_logprobs,
+    format_prompt,
+    generate,
+    perplexity,
+    text_logprobs,
 )
 
 PROMPTS = ["Describe a quiet library in one sentence.", "Give one tip for a long flight.",

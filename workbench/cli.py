@@ -101,9 +101,9 @@ def _store(path: str):
 
 
 def cmd_pairs(args) -> None:
+    from workbench.models import load_policy
     from workbench.preferences.pairs import PairConfig, make_pairs
     from workbench.preferences.simulate import prompts_for
-    from workbench.models import load_policy
 
     policy = load_policy(args.policy)
     policy_b = load_policy(args.policy_b) if args.policy_b else None

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from workbench.preferences import (
-    CHOICES, Pair, PreferenceImportError, PreferenceStore, export_preferences, import_preferences, to_csv, to_jsonl,
+    CHOICES,
+    Pair,
+    PreferenceImportError,
+    PreferenceStore,
+    export_preferences,
+    import_preferences,
+    to_csv,
+    to_jsonl,
     to_parquet,
 )
 

@@ -7,7 +7,11 @@ import random
 import numpy as np
 
 from workbench.evaluation.metrics import (
-    bootstrap_ci, calibration_bins, expected_calibration_error, pairwise_accuracy, pearson,
+    bootstrap_ci,
+    calibration_bins,
+    expected_calibration_error,
+    pairwise_accuracy,
+    pearson,
 )
 from workbench.generation import prompt_text
 from workbench.oracles import get_oracle

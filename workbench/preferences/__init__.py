@@ -1,7 +1,13 @@
 """Stage 2 data: pairs of completions, people's labels on them (SQLite), and preference datasets in and out."""
 
 from workbench.preferences.io import (
-    ImportReport, PreferenceImportError, RowError, export_preferences, import_preferences, to_csv, to_jsonl,
+    ImportReport,
+    PreferenceImportError,
+    RowError,
+    export_preferences,
+    import_preferences,
+    to_csv,
+    to_jsonl,
     to_parquet,
 )
 from workbench.preferences.pairs import PairConfig, make_pairs

@@ -16,9 +16,9 @@ import torch
 
 from workbench.callbacks import RunMetricsCallback
 from workbench.evaluation.metrics import Estimate, bootstrap_ci, pairwise_accuracy, pairwise_outcomes
+from workbench.generation import prompt_text
 from workbench.models import load_reward_backbone
 from workbench.oracles import get_oracle
-from workbench.generation import prompt_text
 from workbench.reward.score import MANIFEST, RewardModel, reward_text
 from workbench.runs import RunDir, write_json_atomic
 

@@ -18,7 +18,7 @@ def reward_learning_curve(train_rows: list[dict], eval_rows: list[dict], sizes: 
     for size in sorted(sizes):
         if size > len(train_rows):
             raise ValueError(f"size {size} is larger than the {len(train_rows)} training rows available")
-        result = train_reward_model(train_rows[:size], replace(config, val_fraction=0.0), Path(out) / f"n{size}")
+        result = train_reward_model(train_rows[:size], replace(config, val_fraction=0.0, save_checkpoints=False), Path(out) / f"n{size}")
         diagnostics = diagnose_reward_model(RewardModel.load(result.model_dir), eval_rows, config.oracle, config.seed)
         row = {"n_labels": size, "train_seconds": round(result.seconds, 2), "accuracy": diagnostics["accuracy"]}
         if config.oracle:

@@ -34,7 +34,8 @@ class RewardModelConfig:
     seed: int = 0
     bf16: bool = False  # bf16 autocast during training
     center_rewards_coefficient: float | None = 0.01  # keeps scores near 0 (Eisenstein et al. 2023)
-    save_steps: int = 50  # checkpoint every N steps (safetensors), for resume
+    save_steps: int = 50  # checkpoint every N steps (safetensors + optimizer state), for resume
+    save_checkpoints: bool = True  # False: only the final model (learning curves, quick experiments)
     logging_steps: int = 5
     oracle: str | None = "upbeat-concise"  # gold labeler for the gold accuracy; None to skip
     resume: bool = False  # continue from the last complete checkpoint in <out>/reward/checkpoints
@@ -125,7 +126,7 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
         center_rewards_coefficient=config.center_rewards_coefficient,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        save_strategy="steps",
+        save_strategy="steps" if config.save_checkpoints else "no",
         save_steps=config.save_steps,
         save_total_limit=2,
         save_only_model=False,  # optimizer + RNG state too, so a resumed run continues exactly

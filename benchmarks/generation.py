@@ -9,6 +9,8 @@ check: the bf16 model's per-token log-probs of the fp32 samples, against the fp3
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import json
 import os
 import platform
@@ -84,7 +86,7 @@ def bf16_quality(fp32_model, bf16_model, tokenizer, prompts):
     }
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--repeats", type=int, default=3)
@@ -101,8 +103,10 @@ def main() -> None:
              "batch1>=25tok/s": max(result[d]["batch1"]["workbench_tok_s"] for d in ("fp32", "bf16")) >= 25,
              "batch8>=120tok/s": max(result[d]["batch8"]["workbench_tok_s"] for d in ("fp32", "bf16")) >= 120}
     result["goals_met"] = goals
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.redirect_stdout(sys.stderr):  # progress and trainer logs to stderr: stdout is the JSON line
+        result = main()
+    print(json.dumps(result))

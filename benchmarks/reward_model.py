@@ -10,6 +10,8 @@ loop measured in the same run (ratio). Pairs are cached in the run's store, so a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import json
 import os
 import platform
@@ -57,7 +59,7 @@ def scoring_throughput(rm: RewardModel, rows: list[dict]) -> dict:
             "ratio": round(batched / single, 2), "n_texts": len(texts)}
 
 
-def main() -> None:
+def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/bench_reward_model")
     parser.add_argument("--sizes", default="100,200,400,800")
@@ -107,8 +109,10 @@ def main() -> None:
                       "train_seconds@400<=60": at_400["train_seconds"] <= 60,
                       "scoring>=200texts/s": throughput["texts_per_s"] >= 200},
     }
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.redirect_stdout(sys.stderr):  # progress and trainer logs to stderr: stdout is the JSON line
+        result = main()
+    print(json.dumps(result))

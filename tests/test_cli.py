@@ -55,7 +55,7 @@ def test_pretrain_from_the_command_line_with_a_config_file(tmp_path):
     (tmp_path / "pretrain.yaml").write_text("max_steps: 2\nbatch_size: 4\nseq_len: 32\nsample_tokens: 4\n")
     out = workbench("pretrain", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "pretrain.yaml"),
                     "--steps", "3", "--json")
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = json.loads(out.stdout)  # with --json, stdout is exactly one JSON line; trainer logs go to stderr
     assert summary["model_dir"].endswith("pretrain/model")
     saved = json.loads((tmp_path / "run" / "pretrain" / "config.json").read_text())
     assert saved["max_steps"] == 3 and saved["batch_size"] == 4  # flag overrides file, file overrides default
@@ -65,10 +65,10 @@ def test_stage2_from_the_command_line(tmp_path):
     """label -> stats -> export -> import into a new store -> train-rm from the dataset, on the tiny models."""
     db = str(tmp_path / "run" / "prefs.sqlite")
     labelled = json.loads(workbench("label", "--db", db, "--pairs", "12", "--policy", "tiny-random-llama",
-                                    "--max-new-tokens", "8", "--json").stdout.splitlines()[-1])
+                                    "--max-new-tokens", "8", "--json").stdout)
     assert labelled["n_pairs"] == labelled["n_new_labels"] > 0
     again = json.loads(workbench("label", "--db", db, "--pairs", "12", "--policy", "tiny-random-llama",
-                                 "--max-new-tokens", "8", "--json").stdout.splitlines()[-1])
+                                 "--max-new-tokens", "8", "--json").stdout)
     assert again["n_new_labels"] == 0  # same seeds, same pairs: nothing labelled twice
     stats = json.loads(workbench("prefs", "stats", "--db", db, "--oracle", "upbeat-concise").stdout)
     assert stats["n_labels"] == labelled["n_pairs"] and 0 <= stats["gold_agreement"]["share"] <= 1
@@ -79,7 +79,7 @@ def test_stage2_from_the_command_line(tmp_path):
     assert imported["n_imported"] == exported["n_rows"]
     summary = json.loads(workbench("train-rm", "--dataset", str(tmp_path / "prefs.jsonl"), "--out",
                                    str(tmp_path / "rm"), "--backbone", "tiny-random-llama", "--epochs", "1",
-                                   "--json").stdout.strip().splitlines()[-1])
+                                   "--json").stdout)
     assert summary["n_pairs"] == exported["n_rows"] and 0 <= summary["accuracy"] <= 1
     assert (tmp_path / "rm" / "reward" / "model" / "workbench_reward.json").exists()
 

@@ -7,6 +7,7 @@ and `--json` to print one final JSON line for scripts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -25,9 +26,9 @@ def _config(cls, args, mapping: dict[str, str]):
     return config_from_dict(cls, data, source=args.config or "command line")
 
 
-def _print(result, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, default=str))
+def _print(result, args) -> None:
+    if args.json:
+        print(json.dumps(result, default=str), file=args.stdout)
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
@@ -40,7 +41,7 @@ def cmd_models(args) -> None:
         print(f"{name}: {prepare_offline_copy(name)}", file=sys.stderr)
     rows = describe_models()
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows), file=args.stdout)
         return
     for row in rows:
         ready = "ready" if row["offline_ready"] else "not prepared"
@@ -69,7 +70,7 @@ def cmd_generate(args) -> None:
         if args.json:
             print(json.dumps({"prompt": completion.prompt, "completion": completion.text,
                               "n_tokens": len(completion.token_ids), "sum_logprob": completion.sum_logprob,
-                              "finished": completion.finished}))
+                              "finished": completion.finished}), file=args.stdout)
         else:
             print(f"--- {completion.text}")
 
@@ -83,7 +84,7 @@ def cmd_pretrain(args) -> None:
     summary = result.summary()
     if not args.json:
         summary["samples_before"], summary["samples_after"] = result.samples_before, result.samples_after
-    _print(summary, args.json)
+    _print(summary, args)
 
 
 def cmd_sft(args) -> None:
@@ -91,7 +92,7 @@ def cmd_sft(args) -> None:
 
     config = _config(SFTRunConfig, args, {"data": "data", "model": "model", "steps": "max_steps", "seed": "seed",
                                           "learning_rate": "learning_rate", "batch_size": "batch_size"})
-    _print(supervised_finetune(config, args.out), args.json)
+    _print(supervised_finetune(config, args.out), args)
 
 
 def _store(path: str):
@@ -111,7 +112,7 @@ def cmd_pairs(args) -> None:
     pairs = make_pairs(prompts_for(args.n), policy, config, policy_b=policy_b,
                        model_names=(args.policy, args.policy_b or args.policy), show_progress=not args.json)
     added = _store(args.db).add_pairs(pairs)
-    _print({"db": args.db, "n_pairs": len(pairs), "n_new": added}, args.json)
+    _print({"db": args.db, "n_pairs": len(pairs), "n_new": added}, args)
 
 
 def cmd_label(args) -> None:
@@ -124,7 +125,7 @@ def cmd_label(args) -> None:
     config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     summary = collect_simulated_preferences(_store(args.db), load_policy(args.policy), args.pairs, labeler, config,
                                             model_name=args.policy, show_progress=not args.json)
-    _print({"db": args.db, "oracle": args.oracle, **summary}, args.json)
+    _print({"db": args.db, "oracle": args.oracle, **summary}, args)
 
 
 def cmd_prefs(args) -> None:
@@ -135,7 +136,7 @@ def cmd_prefs(args) -> None:
         raise ValueError(f"prefs {args.action} needs a PATH (a .jsonl/.parquet/.csv file or a folder)")
     store = _store(args.db)
     if args.action == "stats":
-        _print(store.stats(gold=get_oracle(args.oracle) if args.oracle else None), True)
+        print(json.dumps(store.stats(gold=get_oracle(args.oracle) if args.oracle else None)), file=args.stdout)
     elif args.action == "export":
         dataset, report = export_preferences(store, keep=tuple(args.keep.split(",")))
         writer = {".jsonl": to_jsonl, ".parquet": to_parquet, ".csv": to_csv}.get(Path(args.path).suffix)
@@ -143,11 +144,11 @@ def cmd_prefs(args) -> None:
             dataset.save_to_disk(args.path)
         else:
             writer(dataset, args.path)
-        _print({"path": args.path, **report}, args.json)
+        _print({"path": args.path, **report}, args)
     else:
         report = import_preferences(args.path, store, skip_invalid=args.skip_invalid)
         _print({"path": args.path, "n_rows": report.n_rows, "n_imported": report.n_imported,
-                "n_skipped": report.n_skipped, "errors": [str(e) for e in report.errors[:20]]}, args.json)
+                "n_skipped": report.n_skipped, "errors": [str(e) for e in report.errors[:20]]}, args)
 
 
 def cmd_train_rm(args) -> None:
@@ -163,7 +164,7 @@ def cmd_train_rm(args) -> None:
         import_preferences(args.dataset, store)
     dataset, report = export_preferences(store)
     result = train_reward_model(dataset.to_list(), config, args.out)
-    _print({**result.summary(), "export": report}, args.json)
+    _print({**result.summary(), "export": report}, args)
 
 
 def cmd_app(args) -> None:
@@ -283,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.models import ModelNotFoundError
 
     args = build_parser().parse_args(argv)
+    args.stdout = sys.stdout  # with --json, stdout carries only JSON: library chatter (trainer logs) goes to stderr
     try:
-        args.func(args)
+        with contextlib.redirect_stdout(sys.stderr if getattr(args, "json", False) else sys.stdout):
+            args.func(args)
     except (ConfigError, PromptFileError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError) as error:
         print(f"workbench {args.command}: error: {error}", file=sys.stderr)
         return 2

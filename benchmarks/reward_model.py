@@ -84,7 +84,14 @@ def main() -> dict:
     dataset, _ = export_preferences(store, annotator=simulated_annotator_name(labeler))
     train = dataset.to_list()
     started = time.perf_counter()
-    held_out = eval_rows(policy, labeler, args.eval_pairs, pair_config)
+    cache = os.path.join(args.out, f"heldout_{args.eval_pairs}_T{args.noise}.json")  # re-runs skip generation
+    if os.path.exists(cache):
+        with open(cache) as handle:
+            held_out = json.load(handle)
+    else:
+        held_out = eval_rows(policy, labeler, args.eval_pairs, pair_config)
+        with open(cache, "w") as handle:
+            json.dump(held_out, handle)
     eval_generation_seconds = time.perf_counter() - started
 
     config = RewardModelConfig(epochs=args.epochs, save_steps=100_000, oracle="upbeat-concise", seed=0)

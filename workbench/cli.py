@@ -130,7 +130,13 @@ def cmd_label(args) -> None:
 
 def cmd_prefs(args) -> None:
     from workbench.oracles import get_oracle
-    from workbench.preferences import export_preferences, import_preferences, to_csv, to_jsonl, to_parquet
+    from workbench.preferences import (
+        export_preferences,
+        import_preferences,
+        to_csv,
+        to_jsonl,
+        to_parquet,
+    )
 
     if args.action != "stats" and not args.path:
         raise ValueError(f"prefs {args.action} needs a PATH (a .jsonl/.parquet/.csv file or a folder)")

@@ -17,6 +17,11 @@ def prompt_text(prompt: Prompt) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
 
 
+def completion_text(value: str | list[dict]) -> str:
+    """A completion as text: conversational preference rows hold [{"role": "assistant", "content": ...}]."""
+    return value if isinstance(value, str) else value[-1]["content"]
+
+
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 48  # short replies a person can rate at a glance

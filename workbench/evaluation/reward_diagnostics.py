@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,19 +14,18 @@ from workbench.evaluation.metrics import (
     pairwise_accuracy,
     pearson,
 )
-from workbench.generation import prompt_text
+from workbench.generation import completion_text, prompt_text
 from workbench.oracles import get_oracle
-from workbench.reward.score import RewardModel
 
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else value[-1]["content"]
+if TYPE_CHECKING:
+    from workbench.reward.score import RewardModel
 
 
 def diagnose_reward_model(rm: RewardModel, rows: list[dict], oracle: str | None = None, seed: int = 0) -> dict:
     """All diagnostics on preference rows {prompt, chosen, rejected} (use held-out rows)."""
     prompts = [r["prompt"] for r in rows]
-    chosen_texts, rejected_texts = [_text(r["chosen"]) for r in rows], [_text(r["rejected"]) for r in rows]
+    chosen_texts = [completion_text(r["chosen"]) for r in rows]
+    rejected_texts = [completion_text(r["rejected"]) for r in rows]
     chosen, rejected = np.array(rm.score(prompts, chosen_texts)), np.array(rm.score(prompts, rejected_texts))
     # Calibration: show each pair in a random orientation, then compare P(A > B) = sigmoid(r_A - r_B)
     # with whether A was the labelled winner (Bradley-Terry reliability diagram).

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from workbench.callbacks import RunMetricsCallback
-from workbench.evaluation.metrics import Estimate, bootstrap_ci, pairwise_accuracy, pairwise_outcomes
-from workbench.generation import prompt_text
+from workbench.evaluation.metrics import Estimate
+from workbench.evaluation.reward_diagnostics import diagnose_reward_model
+from workbench.generation import completion_text
 from workbench.models import load_reward_backbone
-from workbench.oracles import get_oracle
 from workbench.reward.score import MANIFEST, RewardModel, reward_text
 from workbench.runs import RunDir, write_json_atomic
 
@@ -72,22 +72,6 @@ def is_validation(row: dict, val_fraction: float) -> bool:
     return int(hashlib.sha256(key).hexdigest(), 16) % 10_000 < val_fraction * 10_000
 
 
-def _as_text(value) -> str:
-    """Conversational exports hold [{"role": "assistant", "content": ...}]; the RM reads the content."""
-    return value if isinstance(value, str) else value[-1]["content"]
-
-
-def gold_outcomes(rows: list[dict], scores_chosen: list[float], scores_rejected: list[float], oracle: str) -> list[float]:
-    """Per pair: 1 if the RM prefers the side the gold reward prefers, 0 if not, 0.5 when either side ties."""
-    gold = get_oracle(oracle)
-    outcomes = []
-    for row, chosen, rejected in zip(rows, scores_chosen, scores_rejected):
-        g = gold(prompt_text(row["prompt"]), _as_text(row["chosen"])) - gold(prompt_text(row["prompt"]), _as_text(row["rejected"]))
-        r = chosen - rejected
-        outcomes.append(0.5 if g == 0 or r == 0 else float((g > 0) == (r > 0)))
-    return outcomes
-
-
 def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | Path) -> RewardTrainResult:
     """Train on rows {prompt, chosen, rejected}; writes <out>/reward/{config.json, model/, checkpoints/, eval.json}."""
     from datasets import Dataset
@@ -104,8 +88,8 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
         raise ValueError(f"All {len(rows)} pairs fell into the validation split; label more pairs.")
 
     def as_texts(subset: list[dict]) -> dict[str, list[str]]:
-        return {"chosen": [reward_text(tokenizer, r["prompt"], _as_text(r["chosen"])) for r in subset],
-                "rejected": [reward_text(tokenizer, r["prompt"], _as_text(r["rejected"])) for r in subset]}
+        return {"chosen": [reward_text(tokenizer, r["prompt"], completion_text(r["chosen"])) for r in subset],
+                "rejected": [reward_text(tokenizer, r["prompt"], completion_text(r["rejected"])) for r in subset]}
 
     train_texts = as_texts(train_rows)
     # RewardTrainer silently drops pairs longer than max_length: count them here (+1 for the appended EOS)
@@ -154,13 +138,11 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
 
     scorer = RewardModel(trainer.model, tokenizer, max_length=config.max_length, bf16=False)
     evaluated = val_rows or train_rows  # with val_fraction=0 the numbers are training accuracy
-    chosen = scorer.score([r["prompt"] for r in evaluated], [_as_text(r["chosen"]) for r in evaluated])
-    rejected = scorer.score([r["prompt"] for r in evaluated], [_as_text(r["rejected"]) for r in evaluated])
-    accuracy = pairwise_accuracy(chosen, rejected, seed=config.seed)
-    gold = None
-    if config.oracle:
-        gold = bootstrap_ci(gold_outcomes(evaluated, chosen, rejected, config.oracle), seed=config.seed)
+    diagnostics = diagnose_reward_model(scorer, evaluated, config.oracle, config.seed)
+    accuracy = Estimate(**diagnostics["accuracy"])
+    gold = Estimate(**diagnostics["gold_accuracy"]) if config.oracle else None
     result = RewardTrainResult(model_dir, len(rows), len(train_rows), len(val_rows), n_dropped, accuracy, gold, seconds)
     write_json_atomic(stage_dir / "eval.json", {**result.summary(), "evaluated_on": "val" if val_rows else "train",
-                                               "val_outcomes": pairwise_outcomes(chosen, rejected).tolist()})
+                                               "ece": diagnostics["ece"],
+                                               "length_correlation": diagnostics["length_correlation"]})
     return result

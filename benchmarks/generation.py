@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import json
 import os
 import platform
+import sys
 import time
 
 import torch
 
 from workbench.data import builtin_prompts
-from workbench.generation import SamplingConfig, completion_logprobs, format_prompt, generate
+from workbench.generation import (
+    SamplingConfig,
+    completion_logprobs,
+    format_prompt,
+    generate,
+)
 from workbench.models import cpu_has_native_bf16, load_policy
 
 NEW_TOKENS = 48

@@ -11,31 +11,41 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import json
 import os
 import platform
+import sys
 import time
+from dataclasses import replace
 
 import torch
 
 from workbench.data import builtin_prompts
 from workbench.models import load_policy
 from workbench.oracles import SimulatedLabeler
-from workbench.preferences import PairConfig, PreferenceStore, export_preferences, make_pairs
-from workbench.preferences.simulate import collect_simulated_preferences, simulated_annotator_name
+from workbench.preferences import (
+    PairConfig,
+    PreferenceStore,
+    export_preferences,
+    make_pairs,
+)
+from workbench.preferences.simulate import (
+    collect_simulated_preferences,
+    prompts_for,
+    simulated_annotator_name,
+)
 from workbench.reward import RewardModel, RewardModelConfig
 from workbench.reward.learning_curve import reward_learning_curve
 
 
 def eval_rows(policy, labeler: SimulatedLabeler, n: int, config: PairConfig) -> list[dict]:
     """Held-out pairs from the held-out prompts, labelled by the same simulated annotator."""
-    records = builtin_prompts("heldout")
-    records = [records[i % len(records)] for i in range(n)]
+    records = prompts_for(n, split="heldout")  # cycles through the held-out prompts
+    per_round = len(builtin_prompts("heldout"))
     rows = []
-    for start in range(0, n, len(builtin_prompts("heldout"))):
-        chunk_config = PairConfig(**{**config.__dict__, "seed": 10_000 + start})
-        for pair in make_pairs(records[start : start + len(builtin_prompts("heldout"))], policy, chunk_config):
+    for start in range(0, n, per_round):
+        chunk_config = replace(config, seed=10_000 + start)
+        for pair in make_pairs(records[start : start + per_round], policy, chunk_config):
             choice = labeler.choose(pair.prompt_text, pair.completion_a, pair.completion_b)
             if choice in ("A", "B"):
                 chosen, rejected = (pair.completion_a, pair.completion_b) if choice == "A" else (pair.completion_b, pair.completion_a)

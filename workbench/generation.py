@@ -134,8 +134,13 @@ def generate(model, tokenizer, prompts: list[Prompt], config: SamplingConfig | N
 
 @torch.inference_mode()
 def completion_logprobs(model, tokenizer, prompts: list[Prompt], completion_ids: list[list[int]],
-                        use_chat_template: bool = True, batch_size: int = 8) -> list[list[float]]:
-    """Per-token log-probs of given completions under `model` (teacher forcing), e.g. for log(pi/pi_ref)."""
+                        use_chat_template: bool = True, batch_size: int = 8,
+                        temperature: float = 1.0) -> list[list[float]]:
+    """Per-token log-probs of given completions under `model` (teacher forcing), e.g. for log(pi/pi_ref).
+
+    `temperature` scores under the tempered distribution softmax(logits / T) that sampling at T draws from."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score log-probs, got {temperature}")
     results: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
         prompt_ids = [
@@ -148,7 +153,7 @@ def completion_logprobs(model, tokenizer, prompts: list[Prompt], completion_ids:
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)  # (B, T)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # same positions as generate() uses under left padding
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits.float()  # (B, T, V)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits.float() / temperature  # (B, T, V)
         # token t is predicted by the logits at position t-1
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for row, completion in enumerate(completion_ids[start : start + batch_size]):

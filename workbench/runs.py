@@ -133,9 +133,11 @@ class RunDir:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def clear_metrics(self, stage: str) -> None:
-        """Drop a stage's rows (a fresh, non-resumed run of that stage); other stages' rows stay."""
-        kept = [row for row in self.read_metrics() if row.get("stage") != stage]
+    def clear_metrics(self, stage: str, after_step: int | None = None) -> None:
+        """Drop a stage's rows (a fresh run), or only those logged after `after_step` (a run resumed from that
+        checkpoint redoes those steps); other stages' rows stay."""
+        kept = [row for row in self.read_metrics()
+                if row.get("stage") != stage or (after_step is not None and row.get("step", 0) <= after_step)]
         fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.root)
         with os.fdopen(fd, "w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in kept)

@@ -133,12 +133,17 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     model_dir = stage_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    write_json_atomic(model_dir / MANIFEST, {"backbone": config.backbone, "max_length": config.max_length,
-                                             "text_format": "prompt <sep> completion"})
-
     scorer = RewardModel(trainer.model, tokenizer, max_length=config.max_length, bf16=False)
     evaluated = val_rows or train_rows  # with val_fraction=0 the numbers are training accuracy
     diagnostics = diagnose_reward_model(scorer, evaluated, config.oracle, config.seed)
+    # Score statistics over the labelled completions (samples of the policy that made the pairs): stage 3
+    # normalises rewards with them so that beta means the same thing for every reward model.
+    scores = torch.tensor(diagnostics["scores"])
+    write_json_atomic(model_dir / MANIFEST, {"backbone": config.backbone, "max_length": config.max_length,
+                                             "text_format": "prompt <sep> completion",
+                                             "score_stats": {"mean": float(scores.mean()),
+                                                             "std": float(scores.std()) if len(scores) > 1 else 1.0,
+                                                             "n": len(scores)}})
     accuracy = Estimate(**diagnostics["accuracy"])
     gold = Estimate(**diagnostics["gold_accuracy"]) if config.oracle else None
     result = RewardTrainResult(model_dir, len(rows), len(train_rows), len(val_rows), n_dropped, accuracy, gold, seconds)

@@ -1,0 +1,50 @@
+"""Typed configuration of a stage-3 run (RLOO, GRPO or DPO)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALGORITHMS = ("rloo", "grpo", "dpo")
+
+
+@dataclass
+class RLConfig:
+    policy: str = "smollm2-135m-instruct"  # registry name, local folder or Hub id; also the frozen reference
+    reward: str | None = None  # folder of a trained reward model (runs/<name>/reward/model); not used by dpo
+    algo: str = "rloo"
+    steps: int = 30  # optimiser steps
+    beta: float = 0.05  # KL coefficient: rloo subtracts beta*KL from the reward, grpo adds it to the loss, dpo's beta
+    learning_rate: float = 1e-5  # full fine-tune; LoRA uses lora_learning_rate
+    lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into the saved policy
+    lora_r: int = 16
+    lora_learning_rate: float = 1e-4
+    prompts_per_step: int = 2  # distinct prompts per optimiser step
+    num_generations: int = 4  # completions per prompt (the RLOO/GRPO group; RLOO's leave-one-out baseline)
+    max_new_tokens: int = 48  # completion length cap, as for the preference pairs
+    temperature: float = 0.7  # sampling temperature; TRL scores pi and pi_ref at the same temperature
+    eos_penalty: float = 1.0  # reward subtracted from completions cut off before EOS; 0 turns it off
+    normalize_rewards: bool = True  # RM scores rescaled to mean 0, std 1 on the base policy's samples
+    oracle: str | None = "upbeat-concise"  # gold labeler logged next to the proxy (weight 0); None to skip
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast (only worth it on CPUs with native bf16 math, or GPUs)
+    save_steps: int = 10  # checkpoint every N steps (safetensors + optimizer + RNG state)
+    logging_steps: int = 1
+    resume: bool = False  # continue from the last complete checkpoint in <out>/rl/checkpoints
+    max_prompt_length: int = 256  # dpo: prompt tokens kept
+    max_length: int = 512  # dpo: prompt + completion tokens kept
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo must be one of {ALGORITHMS}, got {self.algo!r}")
+        if self.algo != "dpo" and not self.reward:
+            raise ValueError(f"algo={self.algo!r} needs a trained reward model: pass reward=<runs/NAME/reward/model>")
+        if self.steps < 1 or self.prompts_per_step < 1 or self.max_new_tokens < 1:
+            raise ValueError("steps, prompts_per_step and max_new_tokens must be >= 1")
+        if self.algo != "dpo" and self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 for {self.algo} (a group baseline needs siblings)")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        if self.save_steps < 1 or self.logging_steps < 1:
+            raise ValueError("save_steps and logging_steps must be >= 1")

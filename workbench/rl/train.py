@@ -1,0 +1,204 @@
+"""Stage 3: optimise the policy against the reward model with a KL penalty, using TRL's trainers.
+
+  rloo  RLOOTrainer (Ahmadian et al. 2024): reward r = r_RM(x, y) - beta * sum_t log(pi/pi_ref), advantage =
+        r minus the mean reward of the other completions of the same prompt (leave-one-out baseline).
+  grpo  GRPOTrainer (Shao et al. 2024): group-normalised advantages, beta * KL added to the loss.
+  dpo   DPOTrainer (Rafailov et al. 2023): no sampling and no reward model, straight from preference pairs.
+
+Writes <out>/rl/{config.json, checkpoints/, samples.jsonl, policy/} and rl rows in <out>/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.callbacks import RunMetricsCallback
+from workbench.data import PromptRecord, builtin_prompts
+from workbench.generation import completion_text
+from workbench.models import load_tokenizer, resolve_model
+from workbench.rl.config import RLConfig
+from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier
+from workbench.runs import RunDir, write_json_atomic
+
+POLICY_MANIFEST = "workbench_policy.json"
+
+
+@dataclass
+class RLResult:
+    policy_dir: Path
+    global_step: int
+    seconds: float
+    resumed_from: int | None  # the checkpoint step a resumed run started from
+
+    def summary(self) -> dict:
+        return {"policy_dir": str(self.policy_dir), "global_step": self.global_step,
+                "seconds": round(self.seconds, 2), "resumed_from": self.resumed_from}
+
+
+def as_messages(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint-N whose save finished (trainer_state.json is written last)."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _truncate_samples(path: Path, after_step: int) -> None:
+    """A resumed run redoes the steps after its checkpoint: drop their samples so each step appears once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= after_step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError):  # a line cut by a crash
+            continue
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".samples.")
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _common_args(config: RLConfig, output_dir: Path) -> dict:
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=config.steps,
+        learning_rate=config.lora_learning_rate if config.lora else config.learning_rate,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        save_only_model=False,  # optimizer and RNG state too: a resumed run continues exactly
+        report_to="none",
+        seed=config.seed,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        model_init_kwargs={"dtype": "bfloat16" if config.bf16 and torch.cuda.is_available() else "float32"},
+    )
+
+
+def _peft_config(config: RLConfig):
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def _online_trainer(config: RLConfig, policy_path: str, tokenizer, prompts: list[PromptRecord], run: RunDir):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    stage_dir = run.stage_dir("rl")
+    rm_model, rm_tokenizer = load_reward_classifier(config.reward, normalize=config.normalize_rewards)
+    eos_ids = sorted({tokenizer.eos_token_id} - {None})
+    reward_funcs, weights, processors = [rm_model], [1.0], [rm_tokenizer]
+    if config.eos_penalty > 0:
+        reward_funcs.append(eos_penalty(config.eos_penalty, eos_ids))
+        weights.append(1.0)
+        processors.append(None)
+    if config.oracle:
+        reward_funcs.append(GoldRewardLogger(config.oracle, stage_dir / "samples.jsonl", eos_ids))
+        weights.append(0.0)  # logged, never optimised: the gold stays an honest judge
+        processors.append(None)
+    sampling = dict(
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,  # completions per step
+        num_generations=config.num_generations,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=1.0, top_k=0,  # plain tempered sampling, so log(pi/pi_ref) is exact for the sampled tokens
+        beta=config.beta,
+        reward_weights=weights,
+        log_completions=False,
+    )
+    dataset = Dataset.from_dict({"prompt": [as_messages(r.prompt) for r in prompts]})
+    if config.algo == "rloo":
+        args = RLOOConfig(**_common_args(config, stage_dir / "checkpoints"), **sampling)
+        trainer_cls = RLOOTrainer
+    else:
+        args = GRPOConfig(**_common_args(config, stage_dir / "checkpoints"), **sampling)
+        trainer_cls = GRPOTrainer
+    return trainer_cls(model=policy_path, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                       processing_class=tokenizer, reward_processing_classes=processors,
+                       peft_config=_peft_config(config), callbacks=[RunMetricsCallback(run, "rl", config.algo)])
+
+
+def dpo_rows(preference_rows: list[dict]) -> list[dict]:
+    """Preference rows as conversations, so DPO sees the prompts through the chat template, as generation does."""
+    return [{"prompt": as_messages(r["prompt"]),
+             "chosen": [{"role": "assistant", "content": completion_text(r["chosen"])}],
+             "rejected": [{"role": "assistant", "content": completion_text(r["rejected"])}]}
+            for r in preference_rows]
+
+
+def _dpo_trainer(config: RLConfig, policy_path: str, tokenizer, preference_rows: list[dict], run: RunDir):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    if not preference_rows:
+        raise ValueError("algo='dpo' trains on preference pairs: pass a preference store or an exported dataset "
+                         "with at least one A/B label (e.g. --prefs runs/NAME/preferences.sqlite).")
+    args = DPOConfig(**_common_args(config, run.stage_dir("rl") / "checkpoints"), beta=config.beta,
+                     per_device_train_batch_size=config.prompts_per_step * config.num_generations // 2 or 1,
+                     max_length=config.max_length)
+    return DPOTrainer(model=policy_path, args=args, train_dataset=Dataset.from_list(dpo_rows(preference_rows)),
+                      processing_class=tokenizer, peft_config=_peft_config(config),
+                      callbacks=[RunMetricsCallback(run, "rl", config.algo)])
+
+
+def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] | None = None,
+                 preference_rows: list[dict] | None = None) -> RLResult:
+    """Run stage 3 and save the tuned policy (LoRA adapters merged) to <out>/rl/policy."""
+    run = RunDir(out)
+    stage_dir = run.stage_dir("rl")
+    checkpoints = stage_dir / "checkpoints"
+    resume_from = last_checkpoint(checkpoints) if config.resume else None
+    if config.resume and resume_from is None and checkpoints.exists() and any(checkpoints.iterdir()):
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {checkpoints} (an interrupted save is ignored)")
+    if not config.resume and last_checkpoint(checkpoints) is not None:
+        raise FileExistsError(f"{stage_dir} already holds an RL run. Fix: pass --resume to continue it, "
+                              "or choose another --out.")
+    resumed_step = None
+    if resume_from is not None:
+        resumed_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        run.clear_metrics("rl", after_step=resumed_step)
+        _truncate_samples(stage_dir / "samples.jsonl", resumed_step)
+    else:
+        run.clear_metrics("rl")
+        (stage_dir / "samples.jsonl").unlink(missing_ok=True)
+    run.save_config("rl", config)
+
+    policy_path = resolve_model(config.policy).path
+    tokenizer = load_tokenizer(config.policy)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.algo == "dpo":
+        trainer = _dpo_trainer(config, policy_path, tokenizer, preference_rows or [], run)
+    else:
+        trainer = _online_trainer(config, policy_path, tokenizer, prompts or builtin_prompts("train"), run)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - started
+
+    policy_dir = stage_dir / "policy"
+    model = trainer.model.merge_and_unload() if config.lora else trainer.model
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(str(policy_dir))
+        tokenizer.save_pretrained(str(policy_dir))
+        write_json_atomic(policy_dir / POLICY_MANIFEST, {"base": config.policy, "base_path": policy_path,
+                                                         "algo": config.algo, "beta": config.beta,
+                                                         "steps": trainer.state.global_step, "lora": config.lora})
+    return RLResult(policy_dir, trainer.state.global_step, seconds, resumed_step)

@@ -173,6 +173,53 @@ def cmd_train_rm(args) -> None:
     _print({**result.summary(), "export": report}, args)
 
 
+def _preference_rows(args) -> list[dict]:
+    """Rows {prompt, chosen, rejected} from --prefs (a store) or --dataset (validated like `prefs import`)."""
+    from workbench.preferences import export_preferences, import_preferences
+
+    if args.dataset:
+        with _store(str(Path(args.out) / "prefs.sqlite")) as store:
+            import_preferences(args.dataset, store)
+            return export_preferences(store)[0].to_list()
+    if args.prefs:
+        if not Path(args.prefs).exists():
+            raise FileNotFoundError(f"--prefs {args.prefs}: no such preference store")
+        with _store(args.prefs) as store:
+            return export_preferences(store)[0].to_list()
+    return []
+
+
+def cmd_train_rl(args) -> None:
+    from workbench.rl import RLConfig, train_policy
+
+    config = _config(RLConfig, args, {"policy": "policy", "reward": "reward", "algo": "algo", "steps": "steps",
+                                      "beta": "beta", "lora": "lora", "resume": "resume", "seed": "seed",
+                                      "learning_rate": "learning_rate", "oracle": "oracle", "bf16": "bf16",
+                                      "max_new_tokens": "max_new_tokens", "save_steps": "save_steps"})
+    rows = _preference_rows(args) if config.algo == "dpo" else []
+    result = train_policy(config, args.out, preference_rows=rows)
+    _print(result.summary(), args)
+
+
+def cmd_evaluate(args) -> None:
+    from workbench.evaluation.report import EvaluateConfig, evaluate_run
+
+    config = _config(EvaluateConfig, args, {"base": "base", "policy": "policy", "reward": "reward", "oracle": "oracle",
+                                            "n_prompts": "n_prompts", "seed": "seed", "bon_max_n": "bon_max_n",
+                                            "max_new_tokens": "max_new_tokens"})
+    report = evaluate_run(config, args.out)
+    keys = ("path", "n_prompts", "win_rate_gold", "win_rate_proxy", "gold", "proxy", "kl", "words", "rl_vs_bon")
+    _print({k: report[k] for k in keys if k in report}, args)
+
+
+def cmd_pipeline(args) -> None:
+    from workbench.pipeline import get_preset, run_pipeline
+
+    preset = get_preset(args.preset, policy=args.policy, algo=args.algo, rl_steps=args.steps, n_pairs=args.pairs,
+                        beta=args.beta, seed=args.seed)
+    _print(run_pipeline(preset, args.out), args)
+
+
 def cmd_app(args) -> None:
     from apps.workbench_app import launch
 
@@ -277,6 +324,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train_rm)
 
+    p = sub.add_parser("train-rl", help="RL fine-tuning against a reward model (rloo, grpo) or DPO from preferences")
+    p.add_argument("--policy", help="policy to tune (default smollm2-135m-instruct); also the frozen reference")
+    p.add_argument("--reward", help="trained reward model folder, e.g. runs/NAME/reward/model (rloo, grpo)")
+    p.add_argument("--out", required=True, help="run directory (writes <out>/rl/)")
+    p.add_argument("--algo", choices=["rloo", "grpo", "dpo"], help="default rloo")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 30)")
+    p.add_argument("--beta", type=float, help="KL coefficient (default 0.05)")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged when saved)")
+    p.add_argument("--bf16", action="store_true", default=None)
+    p.add_argument("--oracle", help="gold labeler logged next to the proxy (default upbeat-concise)")
+    p.add_argument("--prefs", help="dpo: preference store to train on")
+    p.add_argument("--dataset", help="dpo: or a preference dataset (.jsonl/.parquet/folder)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the last complete checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="RLConfig as YAML/JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train_rl)
+
+    p = sub.add_parser("evaluate", help="base vs tuned policy: proxy and gold rewards, win rates, KL, best-of-n")
+    p.add_argument("--base", help="base policy (default smollm2-135m-instruct)")
+    p.add_argument("--policy", required=True, help="tuned policy folder, e.g. runs/NAME/rl/policy")
+    p.add_argument("--reward", required=True, help="reward model folder, e.g. runs/NAME/reward/model")
+    p.add_argument("--oracle", help="gold labeler (default upbeat-concise)")
+    p.add_argument("--n-prompts", type=int, help="held-out prompts (default 64)")
+    p.add_argument("--bon-max-n", type=int, help="largest n of the best-of-n baseline (power of 2; 0 skips)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="report path (default <policy>/../eval.json)")
+    p.add_argument("--config", help="EvaluateConfig as YAML/JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pipeline", help="every stage end to end with a simulated labeler: label, RM, RL, evaluate")
+    p.add_argument("--preset", default="quick", help="quick (default models, ~15 min on 2 CPU cores) or smoke")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--policy")
+    p.add_argument("--algo", choices=["rloo", "grpo", "dpo"])
+    p.add_argument("--steps", type=int, help="RL steps")
+    p.add_argument("--pairs", type=int, help="labelled pairs")
+    p.add_argument("--beta", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pipeline)
+
     p = sub.add_parser("app", help="open the Gradio app on http://127.0.0.1:7860")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -294,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr if getattr(args, "json", False) else sys.stdout):
             args.func(args)
-    except (ConfigError, PromptFileError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError) as error:
+    except (ConfigError, PromptFileError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError,
+            FileExistsError) as error:
         print(f"workbench {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -85,3 +85,98 @@ def learning_curve(n_labels: list[int], accuracy: list[float], low: list[float],
                          xaxis_title="labelled pairs", yaxis_title="held-out accuracy", yaxis_range=[0.4, 1.0],
                          height=360)
     return figure
+
+
+# ---------------------------------------------------------------- stage 3: RL and evaluation
+
+RL_PANELS = (("reward", "proxy reward (RM, normalised) incl. EOS penalty"), ("rewards/gold/mean", "gold reward"),
+             ("kl", "KL(pi || pi_ref) per token"), ("entropy", "entropy per token"),
+             ("completions/mean_length", "completion length (tokens)"))
+
+
+def rl_curves(rows: list[dict], algo: str = "rloo", title: str = "") -> go.Figure:
+    """The live RL dashboard: one panel per metric against the optimiser step (rows from RunDir.read_metrics)."""
+    from plotly.subplots import make_subplots
+
+    panels = [(key, label) for key, label in RL_PANELS if any(f"{algo}/{key}" in r for r in rows)]
+    figure = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[label for _, label in panels])
+    for col, (key, label) in enumerate(panels, start=1):
+        points = [(r["step"], r[f"{algo}/{key}"]) for r in rows if r.get(f"{algo}/{key}") is not None]
+        xs, ys = zip(*points) if points else ((), ())
+        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, showlegend=False), row=1, col=col)
+        figure.update_xaxes(title_text="step", row=1, col=col)
+    figure.update_layout(template=TEMPLATE, title=title or f"{algo.upper()} training", height=330,
+                         width=max(320 * len(panels), 640))
+    return figure
+
+
+def overoptimisation_plot(report: dict, metric: str = "gold", title: str = "") -> go.Figure:
+    """Reward gain vs sqrt(KL) for best-of-n and the RL checkpoints, with fitted curves (Gao et al. 2022).
+
+    `report` is the dict written by `workbench evaluate` (eval.json)."""
+    import numpy as np
+
+    from workbench.evaluation.bestofn import overoptimisation_curve
+
+    figure = go.Figure()
+    bon = report.get("best_of_n", [])
+    if bon:
+        start = bon[0][metric]
+        figure.add_trace(go.Scatter(x=[r["sqrt_kl"] for r in bon], y=[r[metric] - start for r in bon],
+                                    mode="markers", name=f"best-of-n (n = {', '.join(str(r['n']) for r in bon)})",
+                                    text=[f"n={r['n']}" for r in bon]))
+    points = report.get("rl_points", [])
+    if points:
+        start = points[0][metric]
+        figure.add_trace(go.Scatter(x=[p["sqrt_kl"] for p in points], y=[p[metric] - start for p in points],
+                                    mode="markers", marker_symbol="diamond", marker_size=10, name="RL checkpoints",
+                                    text=[p["name"] for p in points]))
+    xmax = max([r["sqrt_kl"] for r in bon] + [p["sqrt_kl"] for p in points] + [0.1]) * 1.15
+    grid = np.linspace(1e-3, xmax, 100)
+    for key, label in ((f"bon_{metric}", "best-of-n fit d(a - b d)"), (f"rl_{metric}", "RL fit d(a - b ln d)")):
+        fit = report.get("fits", {}).get(key)
+        if fit:
+            figure.add_trace(go.Scatter(x=grid, y=overoptimisation_curve(fit, grid), mode="lines", name=label,
+                                        line={"dash": "dot"}))
+    figure.update_layout(template=TEMPLATE, height=400, xaxis_title="sqrt(KL) from the base policy (nats^0.5)",
+                         yaxis_title=f"{metric} reward gain over the base",
+                         title=title or f"{metric.capitalize()} reward vs KL: best-of-n and RL")
+    return figure
+
+
+def token_logratio_text(tokens: list[dict], title: str = "") -> go.Figure:
+    """A completion with each token coloured by log(pi/pi_ref): red = the tuned policy likes it more."""
+    values = [t["logratio"] for t in tokens]
+    labels = [f"{i}:{t['token']!r}" for i, t in enumerate(tokens)]
+    bound = max([abs(v) for v in values] + [1e-6])
+    figure = go.Figure(go.Bar(x=labels, y=values, marker_color=values, marker_colorscale="RdBu_r",
+                              marker_cmin=-bound, marker_cmax=bound, hovertext=[t["token"] for t in tokens]))
+    figure.update_layout(template=TEMPLATE, title=title or "Per-token log(pi / pi_ref) of a tuned sample",
+                         yaxis_title="log pi - log pi_ref", height=360, xaxis_tickangle=-60)
+    return figure
+
+
+def before_after_table(rows: list[dict], limit: int = 12) -> go.Figure:
+    """Sample completions of the base and tuned policy for the same prompts, with proxy (RM) and gold scores."""
+    rows = rows[:limit]
+    header = ["prompt", "base", "RM", "gold", "tuned", "RM", "gold"]
+    columns = [[r["prompt"] for r in rows], [r["base"] for r in rows], [f"{r['base_proxy']:.2f}" for r in rows],
+               [f"{r['base_gold']:.2f}" for r in rows], [r["tuned"] for r in rows],
+               [f"{r['tuned_proxy']:.2f}" for r in rows], [f"{r['tuned_gold']:.2f}" for r in rows]]
+    figure = go.Figure(go.Table(columnwidth=[3, 5, 1, 1, 5, 1, 1], header={"values": header, "align": "left"},
+                                cells={"values": columns, "align": "left"}))
+    figure.update_layout(template=TEMPLATE, height=110 + 80 * len(rows), title="Before / after RL")
+    return figure
+
+
+def win_rate_bars(summary: dict) -> go.Figure:
+    """Win rate of tuned over base by the proxy and by gold, with 95% bootstrap intervals; 0.5 = no change."""
+    names, estimates = ["by reward model", "by gold"], [summary["win_rate_proxy"], summary["win_rate_gold"]]
+    figure = go.Figure(go.Bar(x=names, y=[e["value"] for e in estimates],
+                              error_y={"type": "data", "symmetric": False,
+                                       "array": [e["high"] - e["value"] for e in estimates],
+                                       "arrayminus": [e["value"] - e["low"] for e in estimates]}))
+    figure.add_hline(y=0.5, line_dash="dash", line_color="grey")
+    figure.update_layout(template=TEMPLATE, title="Win rate of the tuned policy over the base (ties 0.5)",
+                         yaxis_range=[0, 1], yaxis_title="win rate", height=360)
+    return figure

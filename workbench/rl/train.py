@@ -159,6 +159,18 @@ def _dpo_trainer(config: RLConfig, policy_path: str, tokenizer, preference_rows:
                       callbacks=[RunMetricsCallback(run, "rl", config.algo)])
 
 
+def build_trainer(config: RLConfig, run: RunDir, prompts: list[PromptRecord] | None = None,
+                  preference_rows: list[dict] | None = None):
+    """The configured TRL trainer (not yet trained): RLOOTrainer, GRPOTrainer or DPOTrainer."""
+    policy_path = resolve_model(config.policy).path
+    tokenizer = load_tokenizer(config.policy)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.algo == "dpo":
+        return _dpo_trainer(config, policy_path, tokenizer, preference_rows or [], run)
+    return _online_trainer(config, policy_path, tokenizer, prompts or builtin_prompts("train"), run)
+
+
 def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] | None = None,
                  preference_rows: list[dict] | None = None) -> RLResult:
     """Run stage 3 and save the tuned policy (LoRA adapters merged) to <out>/rl/policy."""
@@ -181,14 +193,8 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
         (stage_dir / "samples.jsonl").unlink(missing_ok=True)
     run.save_config("rl", config)
 
-    policy_path = resolve_model(config.policy).path
-    tokenizer = load_tokenizer(config.policy)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if config.algo == "dpo":
-        trainer = _dpo_trainer(config, policy_path, tokenizer, preference_rows or [], run)
-    else:
-        trainer = _online_trainer(config, policy_path, tokenizer, prompts or builtin_prompts("train"), run)
+    trainer = build_trainer(config, run, prompts, preference_rows)
+    tokenizer = trainer.processing_class
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
@@ -198,7 +204,7 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
     if trainer.accelerator.is_main_process:
         model.save_pretrained(str(policy_dir))
         tokenizer.save_pretrained(str(policy_dir))
-        write_json_atomic(policy_dir / POLICY_MANIFEST, {"base": config.policy, "base_path": policy_path,
+        write_json_atomic(policy_dir / POLICY_MANIFEST, {"base": config.policy,
                                                          "algo": config.algo, "beta": config.beta,
                                                          "steps": trainer.state.global_step, "lora": config.lora})
     return RLResult(policy_dir, trainer.state.global_step, seconds, resumed_step)

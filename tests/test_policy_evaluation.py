@@ -1,0 +1,104 @@
+"""Stage-3 evaluation: KL estimates, best-of-n maths and curve fits, the before/after report, the pipeline."""
+
+import copy
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data import builtin_prompts
+from workbench.evaluation.bestofn import (
+    bon_gold_at,
+    bon_kl,
+    expected_best_of_n,
+    fit_overoptimisation,
+    overoptimisation_curve,
+)
+from workbench.evaluation.policy_eval import PolicyEvalConfig, sequence_kl
+from workbench.generation import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bon_kl_is_analytic():
+    assert bon_kl(1) == 0.0
+    assert bon_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert bon_kl(64) == pytest.approx(math.log(64) - 63 / 64)
+    with pytest.raises(ValueError):
+        bon_kl(0)
+
+
+def test_expected_best_of_n_matches_brute_force_over_all_subsets():
+    rng = np.random.default_rng(0)
+    selection, values = rng.normal(size=7), rng.normal(size=7)
+    for n in (1, 2, 3, 7):
+        subsets = list(itertools.combinations(range(7), n))
+        brute = np.mean([values[max(s, key=lambda i: selection[i])] for s in subsets])
+        assert expected_best_of_n(selection, values, n) == pytest.approx(brute)
+    assert expected_best_of_n(selection, selection, 1) == pytest.approx(selection.mean())
+
+
+@pytest.mark.parametrize("form,alpha,beta", [("bon", 1.3, 0.4), ("rl", 0.9, 0.25)])
+def test_overoptimisation_fits_recover_known_coefficients(form, alpha, beta):
+    d = np.linspace(0.1, 3.0, 25)
+    truth = overoptimisation_curve({"form": form, "alpha": alpha, "beta": beta}, d)
+    noisy = truth + np.random.default_rng(1).normal(scale=0.01, size=d.size)
+    fit = fit_overoptimisation(d, noisy, form)
+    assert fit["alpha"] == pytest.approx(alpha, abs=0.03) and fit["beta"] == pytest.approx(beta, abs=0.03)
+    with pytest.raises(ValueError, match="form"):
+        fit_overoptimisation(d, noisy, "linear")
+
+
+def test_bon_gold_interpolates_between_measured_n():
+    rows = [{"sqrt_kl": 0.0, "gold": 0.0}, {"sqrt_kl": 1.0, "gold": 1.0}]
+    assert bon_gold_at(rows, 0.5) == pytest.approx(0.5)
+    assert bon_gold_at(rows, 2.0) == pytest.approx(1.0)  # clamped beyond the largest n
+
+
+def test_sequence_kl_of_a_policy_against_itself_is_zero_and_of_a_changed_one_positive(tiny_policy):
+    model, tokenizer = tiny_policy
+    config = PolicyEvalConfig(n_prompts=16, max_new_tokens=8, temperature=0.7)
+    prompts = [r.prompt for r in builtin_prompts("heldout")[:16]]
+    samples = generate(model, tokenizer, prompts, config.sampling())
+    ids = [s.token_ids for s in samples]
+    assert np.allclose(sequence_kl(model, model, tokenizer, prompts, ids, 0.7), 0.0, atol=1e-5)
+
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.lm_head.weight.add_(torch.randn_like(changed.lm_head.weight) * 0.05, alpha=1.0)
+    tuned_samples = generate(changed, tokenizer, prompts, config.sampling())
+    kl = sequence_kl(changed, model, tokenizer, prompts, [s.token_ids for s in tuned_samples], 0.7)
+    assert kl.mean() > 0.05  # KL(changed || base) estimated from the changed policy's own samples
+
+
+def test_pipeline_smoke_runs_every_stage_and_reports(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "workbench", "pipeline", "--preset", "smoke", "--out", str(out),
+                           "--json"], cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                                     "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    headline = json.loads(done.stdout.strip().splitlines()[-1])
+    assert headline["rl_steps"] == 2 and headline["n_labels"] > 0
+    for key in ("gold_win_rate", "proxy_win_rate", "kl"):
+        estimate = headline[key]
+        assert estimate["low"] <= estimate["value"] <= estimate["high"]
+    assert set(headline["seconds"]) == {"labels", "reward_model", "rl", "evaluate", "total"}
+    report = json.loads((out / "rl" / "eval.json").read_text())
+    assert [row["n"] for row in report["best_of_n"]] == [1, 2, 4]
+    assert report["rl_points"][0]["name"] == "base" and report["rl_points"][-1]["name"] == "final"
+    assert any(p["name"].startswith("checkpoint-") for p in report["rl_points"])  # save_steps=1 in the smoke preset
+    assert len(report["table"]) == 4 and {"base", "tuned", "base_gold", "tuned_proxy"} <= set(report["table"][0])
+    assert report["token_logratios"]["tokens"]
+    assert (out / "pipeline.json").exists()
+
+
+def test_evaluate_cli_rejects_a_missing_policy(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "workbench", "evaluate", "--policy", str(tmp_path / "nope"),
+                           "--reward", str(tmp_path / "nope_rm"), "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "error" in done.stderr

@@ -1,0 +1,186 @@
+"""Stage 3: TRL's RLOO / GRPO / DPO on the tiny models, the reward plumbing, resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.models import load_reward_backbone, resolve_model
+from workbench.reward import RewardModel, RewardModelConfig, train_reward_model
+from workbench.rl import RLConfig, train_policy
+from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier, reward_chat_template
+from workbench.rl.train import build_trainer, dpo_rows
+from workbench.runs import RunDir
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_reward import sentiment_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory) -> Path:
+    """A reward model on the tiny Llama backbone (trained a few steps; quality is irrelevant here)."""
+    out = tmp_path_factory.mktemp("rm")
+    config = RewardModelConfig(backbone="tiny-random-llama", epochs=1, batch_size=8, save_checkpoints=False,
+                               oracle="positive")
+    return train_reward_model(sentiment_rows(24), config, out).model_dir
+
+
+def tiny_config(reward: Path, **overrides) -> RLConfig:
+    values = dict(policy="tiny-random-llama", reward=str(reward), steps=2, max_new_tokens=8, save_steps=100,
+                  learning_rate=1e-3, oracle="positive")
+    return RLConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo", "dpo"])
+def test_each_algorithm_moves_the_policy_and_never_the_reference(algo, tiny_rm, tmp_path):
+    config = tiny_config(tiny_rm, algo=algo)
+    trainer = build_trainer(config, RunDir(tmp_path), preference_rows=sentiment_rows(16))
+    policy_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    reference = getattr(trainer, "ref_model", None)
+    assert reference is not None, f"{algo}: beta > 0 must give a frozen reference model"
+    reference_before = {k: v.clone() for k, v in reference.state_dict().items()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, policy_before[k])]
+    assert changed, f"{algo}: no policy weight changed"
+    assert all(torch.equal(v, reference_before[k]) for k, v in reference.state_dict().items()), \
+        f"{algo}: the reference model moved"
+    rows = RunDir(tmp_path).read_metrics("rl")
+    assert [r["step"] for r in rows if f"{algo}/loss" in r] == [1, 2]
+
+
+def test_train_policy_writes_policy_samples_and_gold_metrics(tiny_rm, tmp_path):
+    result = train_policy(tiny_config(tiny_rm), tmp_path)
+    assert result.global_step == 2
+    manifest = json.loads((result.policy_dir / "workbench_policy.json").read_text())
+    assert manifest["algo"] == "rloo" and manifest["steps"] == 2
+    samples = [json.loads(line) for line in (tmp_path / "rl" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 8 and {s["step"] for s in samples} == {1, 2}  # 2 prompts x 4 completions per step
+    rows = RunDir(tmp_path).read_metrics("rl")
+    assert all("rloo/rewards/gold/mean" in r and "rloo/kl" in r for r in rows if "rloo/loss" in r)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_policy(tiny_config(tiny_rm), tmp_path)
+
+
+def test_lora_run_saves_a_merged_plain_model(tiny_rm, tmp_path):
+    result = train_policy(tiny_config(tiny_rm, lora=True, lora_learning_rate=1e-2), tmp_path)
+    assert not (result.policy_dir / "adapter_config.json").exists()
+    from workbench.models import load_policy
+
+    tuned, _ = load_policy(str(result.policy_dir))
+    base, _ = load_policy("tiny-random-llama")
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
+
+
+@pytest.mark.parametrize("backbone", ["minilm-l6", "tiny-random-llama"])
+def test_trl_reward_path_sees_the_same_tokens_as_scoring(backbone):
+    """TRL renders conversational samples with the reward tokenizer's chat template, then tokenizes without
+    special tokens; that must equal the text and tokens the reward model was trained and scored on."""
+    from trl.data_utils import apply_chat_template
+
+    from workbench.reward.score import reward_text
+
+    _, tokenizer = load_reward_backbone(backbone)
+    tokenizer.chat_template = reward_chat_template(tokenizer)
+    prompt, completion = "Describe a sunny beach.", "Warm sand, bright sky, happy kids."
+    rendered = apply_chat_template({"messages": [{"role": "user", "content": prompt},
+                                                 {"role": "assistant", "content": completion}]}, tokenizer)["text"]
+    via_trl = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    via_scoring = tokenizer(reward_text(tokenizer, prompt, completion))["input_ids"]
+    assert via_trl == via_scoring
+
+
+def test_normalised_classifier_scores_are_standardised(tiny_rm):
+    manifest = json.loads((tiny_rm / "workbench_reward.json").read_text())
+    mean, std = manifest["score_stats"]["mean"], manifest["score_stats"]["std"]
+    assert std > 0
+    raw = RewardModel.load(tiny_rm, bf16=False)
+    model, tokenizer = load_reward_classifier(tiny_rm, normalize=True)
+    scaled = RewardModel(model, tokenizer, bf16=False)
+    prompts, texts = ["Tell me about place 1."] * 2, ["I loved it.", "Dreadful and sad."]
+    expected = [(r - mean) / std for r in raw.score(prompts, texts)]
+    assert scaled.score(prompts, texts) == pytest.approx(expected, abs=1e-4)
+
+
+def test_eos_penalty_and_gold_logger(tmp_path):
+    penalty = eos_penalty(1.0, [2])
+    assert penalty(prompts=["p", "p"], completions=["a", "b"], completion_ids=[[5, 2], [5, 6]]) == [0.0, -1.0]
+    logger = GoldRewardLogger("positive", tmp_path / "samples.jsonl", eos_token_ids=[2])
+    scores = logger(prompts=[[{"role": "user", "content": "Hi"}]] * 2,
+                    completions=[[{"role": "assistant", "content": "I love this!"}],
+                                 [{"role": "assistant", "content": "I hate this."}]],
+                    completion_ids=[[7, 2], [7, 8]])
+    assert scores[0] > 0 > scores[1]
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["finished"] for r in rows] == [True, False] and rows[0]["prompt"] == "Hi"
+
+
+def test_dpo_rows_are_conversations():
+    row = dpo_rows([{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])[0]
+    assert row["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "Hello!"}]
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="reward model"):
+        RLConfig(algo="rloo", reward=None)
+    with pytest.raises(ValueError, match="algo"):
+        RLConfig(algo="ppo", reward="x")
+    with pytest.raises(ValueError, match="num_generations"):
+        RLConfig(reward="x", num_generations=1)
+    RLConfig(algo="dpo")  # DPO needs no reward model
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [r for r in RunDir(out).read_metrics("rl") if "rloo/loss" in r]
+
+
+def _train_rl_cmd(out: Path, reward: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "workbench", "train-rl", "--policy", "tiny-random-llama", "--reward", str(reward),
+            "--out", str(out), "--steps", "6", "--save-steps", "3", "--max-new-tokens", "8", "--oracle", "positive",
+            "--learning-rate", "1e-3", "--json", *extra]
+
+
+def test_resume_after_kill_minus_9_continues_the_run(tiny_rm, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_rl_cmd(straight, tiny_rm), check=True, env=env, cwd=ROOT, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_rl_cmd(killed, tiny_rm), env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "rl" / "checkpoints" / "checkpoint-3" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not state.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.exists(), "the run never reached its step-3 checkpoint"
+    assert not (killed / "rl" / "policy").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(_train_rl_cmd(killed, tiny_rm, "--resume"), check=True, env=env, cwd=ROOT,
+                             capture_output=True, text=True)
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["global_step"] == 6 and summary["resumed_from"] == 3
+    steps = [r["step"] for r in _metrics(killed)]
+    assert steps == [1, 2, 3, 4, 5, 6] == [r["step"] for r in _metrics(straight)]
+    samples = [json.loads(line)["step"] for line in (killed / "rl" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(set(samples)) == [1, 2, 3, 4, 5, 6] and len(samples) == 6 * 8  # each step's samples exactly once
+    # the first three steps ran from the same seed in both runs
+    for a, b in zip(_metrics(killed)[:3], _metrics(straight)[:3]):
+        assert a["rloo/rewards/model/mean"] == pytest.approx(b["rloo/rewards/model/mean"], rel=1e-4)
+
+
+def test_offline_reference_copy_is_untouched_by_training(tiny_rm, tmp_path):
+    weights = Path(resolve_model("tiny-random-llama").path) / "model.safetensors"
+    before = weights.read_bytes()
+    train_policy(tiny_config(tiny_rm, steps=1), tmp_path)
+    assert weights.read_bytes() == before

@@ -1,0 +1,116 @@
+"""`workbench evaluate`: base vs tuned, best-of-n baseline, RL checkpoints, over-optimisation fits -> eval.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workbench.data import builtin_prompts
+from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overoptimisation
+from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, token_logratios
+from workbench.models import load_policy
+from workbench.reward.score import RewardModel
+from workbench.runs import write_json_atomic
+
+
+@dataclass
+class EvaluateConfig:
+    base: str = "smollm2-135m-instruct"
+    policy: str = ""  # folder of the tuned policy (runs/<name>/rl/policy)
+    reward: str = ""  # folder of the reward model (runs/<name>/reward/model)
+    oracle: str = "upbeat-concise"
+    n_prompts: int = 64
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    seed: int = 0
+    bon_prompts: int = 16  # held-out prompts for the best-of-n baseline (max_n samples each)
+    bon_max_n: int = 16  # 0 skips best-of-n
+    checkpoints: bool = True  # also place the saved RL checkpoints on the over-optimisation plot
+
+    def __post_init__(self) -> None:
+        if not self.policy or not self.reward:
+            raise ValueError("evaluate needs both policy=<runs/NAME/rl/policy> and reward=<runs/NAME/reward/model>")
+        if self.bon_max_n and self.bon_max_n & (self.bon_max_n - 1):
+            raise ValueError(f"bon_max_n must be a power of two (1, 2, 4, ...) or 0, got {self.bon_max_n}")
+
+
+def load_checkpoint_policy(checkpoint: Path, base_name: str, dtype: str = "float32"):
+    """A Trainer checkpoint as a plain model: full weights, or base + LoRA adapter merged."""
+    if (checkpoint / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base, _ = load_policy(base_name, dtype=dtype)
+        return PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload().eval()
+    model, _ = load_policy(str(checkpoint), dtype=dtype)
+    return model
+
+
+def _gain(value: float, start: float) -> float:
+    return value - start
+
+
+def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
+    """Everything issue-level users read after RL; written to `out` (default <policy>/../eval.json)."""
+    base, tokenizer = load_policy(config.base)
+    tuned, _ = load_policy(config.policy)
+    rm = RewardModel.load(config.reward)
+    eval_config = PolicyEvalConfig(n_prompts=config.n_prompts, max_new_tokens=config.max_new_tokens,
+                                   temperature=config.temperature, seed=config.seed, oracle=config.oracle)
+    heldout = builtin_prompts("heldout")
+    result = evaluate_policies(base, tuned, tokenizer, rm, eval_config, heldout)
+    summary = result["summary"]
+    first = result["tuned_samples"][0]
+    report = {"config": asdict(config), **summary, "table": result["table"],
+              "token_logratios": {"prompt": first["prompt"],
+                                  "tokens": token_logratios(tuned, base, tokenizer, first["prompt"], first["token_ids"],
+                                                            config.temperature)}}
+    # RL points for the over-optimisation plot: the base (d = 0), saved checkpoints, the final policy
+    rl_points = [{"name": "base", "sqrt_kl": 0.0, "kl": 0.0, "gold": summary["gold"]["base"]["value"],
+                  "proxy": summary["proxy"]["base"]["value"]}]
+    checkpoint_dir = Path(config.policy).parent / "checkpoints"
+    if config.checkpoints and checkpoint_dir.is_dir():
+        policy_steps = json.loads((Path(config.policy) / "workbench_policy.json").read_text()).get("steps") \
+            if (Path(config.policy) / "workbench_policy.json").exists() else None
+        for checkpoint in sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+            step = int(checkpoint.name.split("-")[1])
+            if step == policy_steps or not (checkpoint / "trainer_state.json").exists():
+                continue  # the final policy is evaluated below; an unfinished save is skipped
+            model = load_checkpoint_policy(checkpoint, config.base)
+            point = evaluate_policies(base, model, tokenizer, rm, eval_config, heldout)["summary"]
+            rl_points.append({"name": checkpoint.name, "kl": point["kl"]["value"],
+                              "sqrt_kl": math.sqrt(max(point["kl"]["value"], 0.0)),
+                              "gold": point["gold"]["tuned"]["value"], "proxy": point["proxy"]["tuned"]["value"]})
+            del model
+    rl_points.append({"name": "final", "kl": summary["kl"]["value"], "sqrt_kl": math.sqrt(max(summary["kl"]["value"], 0.0)),
+                      "gold": summary["gold"]["tuned"]["value"], "proxy": summary["proxy"]["tuned"]["value"]})
+    report["rl_points"] = rl_points
+    if config.bon_max_n:
+        bon = best_of_n_curve(base, tokenizer, rm, heldout[: config.bon_prompts], config.bon_max_n,
+                              eval_config.sampling(), config.oracle)
+        report["best_of_n"] = bon.rows
+        start_gold, start_proxy = bon.rows[0]["gold"], bon.rows[0]["proxy"]
+        fits = {}
+        for metric, start in (("gold", start_gold), ("proxy", start_proxy)):
+            if len(bon.rows) >= 3:
+                fits[f"bon_{metric}"] = fit_overoptimisation([r["sqrt_kl"] for r in bon.rows],
+                                                             [_gain(r[metric], start) for r in bon.rows], "bon")
+            base_value = rl_points[0][metric]
+            if sum(p["sqrt_kl"] > 0 for p in rl_points) >= 2:
+                fits[f"rl_{metric}"] = fit_overoptimisation([p["sqrt_kl"] for p in rl_points],
+                                                            [_gain(p[metric], base_value) for p in rl_points], "rl")
+        report["fits"] = fits
+        final = rl_points[-1]
+        bon_max_sqrt_kl = bon.rows[-1]["sqrt_kl"]
+        # RL vs best-of-n at matched KL, both as gains over their own n = 1 / base gold (same sampler, other seeds)
+        report["rl_vs_bon"] = {
+            "sqrt_kl": final["sqrt_kl"],
+            "rl_gold_gain": final["gold"] - rl_points[0]["gold"],
+            "bon_gold_gain_at_same_kl": bon_gold_at(bon.rows, final["sqrt_kl"]) - start_gold,
+            "bon_extrapolated": final["sqrt_kl"] > bon_max_sqrt_kl,  # beyond the largest n: clamped at n = max_n
+        }
+    destination = Path(out) if out else Path(config.policy).parent / "eval.json"
+    write_json_atomic(destination, report)
+    report["path"] = str(destination)
+    return report

@@ -68,6 +68,8 @@ def test_train_policy_writes_policy_samples_and_gold_metrics(tiny_rm, tmp_path):
     assert all("rloo/rewards/gold/mean" in r and "rloo/kl" in r for r in rows if "rloo/loss" in r)
     with pytest.raises(FileExistsError, match="--resume"):
         train_policy(tiny_config(tiny_rm), tmp_path)
+    with pytest.raises(ValueError, match="steps must stay 2"):  # a resumed schedule would run at learning rate 0
+        train_policy(tiny_config(tiny_rm, steps=5, resume=True), tmp_path)
 
 
 def test_lora_run_saves_a_merged_plain_model(tiny_rm, tmp_path):

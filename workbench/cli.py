@@ -216,7 +216,8 @@ def cmd_pipeline(args) -> None:
     from workbench.pipeline import get_preset, run_pipeline
 
     preset = get_preset(args.preset, policy=args.policy, algo=args.algo, rl_steps=args.steps, n_pairs=args.pairs,
-                        beta=args.beta, seed=args.seed)
+                        beta=args.beta, seed=args.seed, lora=args.lora, labeler_noise=args.noise,
+                        oracle=args.oracle)
     _print(run_pipeline(preset, args.out), args)
 
 
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="RL steps")
     p.add_argument("--pairs", type=int, help="labelled pairs")
     p.add_argument("--beta", type=float)
+    p.add_argument("--lora", action="store_true", default=None, help="RL with LoRA adapters")
+    p.add_argument("--oracle", help="gold labeler (default upbeat-concise)")
+    p.add_argument("--noise", type=float, help="Bradley-Terry temperature of the simulated labeler (default 0.1)")
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pipeline)

@@ -66,7 +66,7 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
     from workbench.reward import RewardModelConfig, train_reward_model
     from workbench.rl import RLConfig, train_policy
 
-    run = RunDir(out)
+    run = RunDir(Path(out).resolve())
     run.save_config("pipeline", preset)
     seconds: dict[str, float] = {}
     started_all = time.perf_counter()

@@ -58,7 +58,10 @@ def evaluate_policies(base, tuned, tokenizer, reward_model, config: PolicyEvalCo
                       prompts: list[PromptRecord] | None = None) -> dict:
     """Base vs tuned on the same prompts and seeds. `base`/`tuned` are models sharing `tokenizer`."""
     config = config or PolicyEvalConfig()
-    records = (prompts or builtin_prompts("heldout"))[: config.n_prompts]
+    available = prompts or builtin_prompts("heldout")
+    if config.n_prompts > len(available):
+        raise ValueError(f"n_prompts={config.n_prompts} but only {len(available)} evaluation prompts exist")
+    records = available[: config.n_prompts]
     prompt_list = [r.prompt for r in records]
     gold = get_oracle(config.oracle)
     base_samples = generate(base, tokenizer, prompt_list, config.sampling())

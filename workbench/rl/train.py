@@ -185,7 +185,12 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
                               "or choose another --out.")
     resumed_step = None
     if resume_from is not None:
-        resumed_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        state = json.loads((resume_from / "trainer_state.json").read_text())
+        resumed_step = state["global_step"]
+        if state.get("max_steps") not in (None, config.steps):
+            # the restored scheduler would run the extra steps at its final learning rate (0 for linear decay)
+            raise ValueError(f"--resume continues the same run: steps must stay {state['max_steps']} "
+                             f"(got {config.steps}). To train longer, start a new run from {stage_dir / 'policy'}.")
         run.clear_metrics("rl", after_step=resumed_step)
         _truncate_samples(stage_dir / "samples.jsonl", resumed_step)
     else:

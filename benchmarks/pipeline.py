@@ -1,0 +1,111 @@
+"""Claim: `workbench pipeline --preset quick` (smollm2-135m-instruct, minilm-l6, the upbeat-concise labeler) runs
+every stage in <= 15 min on 2 CPU cores; the tuned policy beats the base by GOLD (win rate >= 0.70, lower CI bound
+> 0.5); RL is at least as good as best-of-n at the same KL; and the workbench's RL step is no slower than a plain
+TRL RLOOTrainer script with identical settings (ratio <= 1.0, measured in the same run).
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def plain_trl_step_time(policy: str, reward_dir: str, preset, out: Path, steps: int) -> float:
+    """Median step time of a plain TRL RLOOTrainer with the same policy, reward model and sampling settings."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    from workbench.data import builtin_prompts
+    from workbench.models import resolve_model
+    from workbench.rl.rewards import reward_chat_template
+
+    rm = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    rm_tokenizer = AutoTokenizer.from_pretrained(reward_dir)
+    rm_tokenizer.chat_template = reward_chat_template(rm_tokenizer)  # TRL needs one for conversational samples
+    policy_path = resolve_model(policy).path
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    times: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "step_time" in logs:
+                times.append(float(logs["step_time"]))
+
+    args = RLOOConfig(output_dir=str(out), max_steps=steps, learning_rate=preset.learning_rate, logging_steps=1,
+                      save_strategy="no", report_to="none", seed=preset.seed, use_cpu=True,
+                      per_device_train_batch_size=preset.prompts_per_step * preset.num_generations,
+                      num_generations=preset.num_generations, max_completion_length=preset.max_new_tokens,
+                      temperature=0.7, top_p=1.0, top_k=0, beta=preset.beta,
+                      model_init_kwargs={"dtype": "float32"})
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": r.text}] for r in builtin_prompts("train")]})
+    trainer = RLOOTrainer(model=policy_path, reward_funcs=[rm], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, reward_processing_classes=[rm_tokenizer], callbacks=[StepTimes()])
+    trainer.train()
+    return statistics.median(times[1:] or times)  # the first step includes warm-up
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="runs/bench_pipeline")
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--compare-steps", type=int, default=4, help="steps of the plain-TRL step-time comparison")
+    args = parser.parse_args()
+
+    from workbench.pipeline import get_preset, run_pipeline
+    from workbench.runs import RunDir
+
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    preset = get_preset(args.preset)
+    with contextlib.redirect_stdout(sys.stderr):  # trainer chatter off stdout: stdout carries one JSON line
+        headline = run_pipeline(preset, out)
+        rl_rows = [r for r in RunDir(out).read_metrics("rl") if f"{preset.algo}/step_time" in r]
+        workbench_step = statistics.median([r[f"{preset.algo}/step_time"] for r in rl_rows[1:]] or [float("nan")])
+        plain_step = plain_trl_step_time(preset.policy, str(out / "reward" / "model"), preset, out / "plain_trl",
+                                         args.compare_steps)
+    report = json.loads(Path(headline["eval_path"]).read_text())
+    win = headline["gold_win_rate"]
+    rl_vs_bon = headline["rl_vs_bon"] or {}
+    result = {
+        "benchmark": "pipeline",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "cores": os.cpu_count()},
+        "preset": args.preset,
+        "seconds": headline["seconds"],
+        "rm_gold_accuracy": headline["rm_gold_accuracy"],
+        "gold_win_rate": win,
+        "proxy_win_rate": headline["proxy_win_rate"],
+        "gold_mean": {k: round(v["value"], 3) for k, v in headline["gold"].items()},
+        "words_mean": headline["words"],
+        "kl": headline["kl"],
+        "rl_vs_bon": rl_vs_bon,
+        "best_of_n": report.get("best_of_n"),
+        "rl_step_seconds": {"workbench": round(workbench_step, 2), "plain_trl": round(plain_step, 2),
+                            "ratio": round(workbench_step / plain_step, 3)},
+        "goals": {
+            "total_le_15_min": headline["seconds"]["total"] <= 900,
+            "gold_win_rate_ge_0.70_and_ci_above_0.5": win["value"] >= 0.70 and win["low"] > 0.5,
+            "rl_ge_bon_at_same_kl": (rl_vs_bon.get("rl_gold_gain", float("-inf"))
+                                     >= rl_vs_bon.get("bon_gold_gain_at_same_kl", float("inf"))),
+            "step_time_ratio_le_1": workbench_step / plain_step <= 1.0,
+        },
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

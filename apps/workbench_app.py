@@ -1,51 +1,367 @@
-"""The workbench app. This file only wires components; logic lives in `apps.handlers`."""
+"""The workbench app: four tabs over one run directory. This file only wires components; logic lives in
+`apps.ranking`, `apps.training` and `apps.compare` (pure functions over `workbench`), shared state in `AppContext`.
+"""
 
 from __future__ import annotations
 
+import functools
+import sys
+from pathlib import Path
+
 import gradio as gr
 
-from apps.handlers import InputError, LoadedPolicy, sample_completions
+from apps import compare, ranking, training
+from apps.context import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, AppContext
+from apps.handlers import MAX_PROMPT_CHARS, InputError, check_annotator
 from workbench.data import builtin_prompts
-from workbench.models import load_policy
 
 THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
+CSS = """
+.completion textarea { font-size: 1.02rem; line-height: 1.5; }
+#rank-prompt textarea { font-weight: 600; }
+.vote-row button { min-width: 8rem; }
+"""
+LABEL_WRITERS = 8  # label events run in parallel (SQLite serialises the writes); model events run one at a time
+JOB_POLL_S = 2.0
+# Keyboard shortcuts of the Rank tab: 1/a, 2/b, 3/t, 4/x, 5/s, u = undo. Ignored while typing in a field.
+SHORTCUTS = {"1": "vote-A", "a": "vote-A", "2": "vote-B", "b": "vote-B", "3": "vote-tie", "t": "vote-tie",
+             "4": "vote-both_bad", "x": "vote-both_bad", "5": "vote-skip", "s": "vote-skip", "u": "undo-last"}
+SHORTCUTS_JS = """
+() => {{
+  if (window.__workbenchKeys) return;
+  window.__workbenchKeys = true;
+  const keys = {};
+  document.addEventListener("keydown", (event) => {{
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+    const id = keys[event.key.toLowerCase()];
+    const button = id && document.getElementById(id);
+    if (button && button.offsetParent !== null && !button.disabled) {{ event.preventDefault(); button.click(); }}
+  }});
+}}
+""".format(str(SHORTCUTS).replace("'", '"'))
 
 
-def build_demo(policy_name: str = "smollm2-135m-instruct") -> gr.Blocks:
-    model, tokenizer = load_policy(policy_name)
-    policy = LoadedPolicy(policy_name, model, tokenizer)
-    examples = [r.text for r in builtin_prompts("heldout")[:6]]
-
-    def on_generate(prompt, n, temperature, max_new_tokens, seed):
+def _guarded(fn):
+    """Client errors become a gr.Error (shown to the person); nothing has been written when one is raised."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
         try:
-            rows = sample_completions(policy, prompt, n, temperature, max_new_tokens, seed)
+            return fn(*args, **kwargs)
         except InputError as error:
             raise gr.Error(str(error)) from None
-        return [[r["sample"], r["completion"], r["tokens"], r["mean_logprob"], r["finished"]] for r in rows]
+    return wrapper
 
+
+def _annotator(request: gr.Request | None, typed) -> str:
+    """The login name when auth is on (a client cannot claim another), otherwise the typed name."""
+    username = getattr(request, "username", None)
+    return check_annotator(username if username else typed)
+
+
+def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POLICY,
+               reward_backbone: str = DEFAULT_REWARD_BACKBONE, context: AppContext | None = None) -> gr.Blocks:
+    ctx = context or AppContext.open(run_dir, policy_name, reward_backbone)
+    votes = compare.BlindVoteStore(ctx.root / "blind_votes.sqlite")
+    heldout = [r.text for r in builtin_prompts("heldout")[:8]]
+
+    # -- Rank -------------------------------------------------------------------------------------------------
+    def show(pair, note=""):
+        view = ranking.RankView.showing(pair, note)
+        return view, pair.prompt_text, pair.completion_a, pair.completion_b, note
+
+    def on_load(typed_name, request: gr.Request):
+        name = _annotator(request, typed_name or "annotator")
+        choices = ctx.model_choices()
+        return (gr.update(value=name, interactive=not getattr(request, "username", None)),
+                ranking.progress_markdown(ranking.progress(ctx, name)),
+                gr.update(choices=choices, value=ctx.policy.name), gr.update(choices=choices, value=ctx.policy.name))
+
+    def on_next(view, typed_name, active, model_a, model_b, request: gr.Request):
+        if view is not None and view.pair_id is not None:  # a pair is on screen (e.g. a vote was refused)
+            return (gr.skip(),) * 5
+        name = _annotator(request, typed_name)
+        pair, note = ranking.next_pair(ctx, name, bool(active), model_a, model_b)
+        return show(pair, note)
+
+    def on_vote(choice, view, typed_name, request: gr.Request):
+        name = _annotator(request, typed_name)
+        if view is None or view.pair_id is None:
+            gr.Warning("The next pair is still loading.")
+            return gr.skip(), gr.skip(), gr.skip()
+        _label, reveal = ranking.submit_label(ctx, view.pair_id, choice, name, view.submission_id(choice), reveal=True)
+        return (ranking.RankView(None, view.token), ranking.reveal_markdown(reveal, ctx.has_reward_model()),
+                ranking.progress_markdown(ranking.progress(ctx, name)))
+
+    def on_undo(view, typed_name, request: gr.Request):
+        name = _annotator(request, typed_name)
+        token = view.token if view is not None and view.token else "none"
+        label = ranking.undo_last(ctx, name, f"{token}:undo")
+        progress = ranking.progress_markdown(ranking.progress(ctx, name))
+        if label is None:
+            return (gr.skip(),) * 5 + ("Nothing to undo.", progress)
+        pair = ctx.store.get_pair(label.pair_id)
+        return (*show(pair, "undone: vote on this pair again"), "Your last label was withdrawn.", progress)
+
+    def on_typed(text, model_a, model_b):
+        return show(ranking.pair_for_prompt(ctx, text, model_a, model_b), "your prompt")
+
+    # -- Reward model ---------------------------------------------------------------------------------------------
+    def rm_poll(seen):
+        status = ctx.jobs.status("reward")
+        key = (status["state"], ctx.run.metrics_path.stat().st_mtime_ns if ctx.run.metrics_path.exists() else 0)
+        text = training.job_markdown(status, "Reward-model training")
+        if key == seen:
+            return text, gr.skip(), gr.skip(), gr.skip(), seen
+        loss, accuracy = training.reward_curves(ctx)
+        return text, loss, accuracy, training.reward_summary(ctx), key
+
+    def rm_diagnose():
+        result = training.reward_diagnostics(ctx)
+        return result["text"], result["histograms"], result["calibration"], result["length"]
+
+    # -- RL -------------------------------------------------------------------------------------------------------
+    def rl_poll(seen):
+        status = ctx.jobs.status("rl")
+        samples = ctx.root / "rl" / "samples.jsonl"
+        key = (status["state"], ctx.run.metrics_path.stat().st_mtime_ns if ctx.run.metrics_path.exists() else 0,
+               samples.stat().st_mtime_ns if samples.exists() else 0)
+        text = training.job_markdown(status, "RL run")
+        if key == seen:
+            return text, gr.skip(), gr.skip(), seen
+        return text, training.rl_curves(ctx), training.latest_samples(ctx), key
+
+    # -- Compare --------------------------------------------------------------------------------------------------
+    def on_compare(prompt, seed):
+        result = compare.compare_prompt(ctx, prompt, seed)
+        return (result["base"], compare.score_markdown("Base", result["proxy"][0], result["gold"][0]),
+                result["tuned"], compare.score_markdown("Tuned", result["proxy"][1], result["gold"][1]),
+                result["logratio_figure"])
+
+    def on_report():
+        report = compare.evaluation_report(ctx)
+        if report is None:
+            return (("No evaluation report yet: run `workbench evaluate --policy <run>/rl/policy --reward "
+                    "<run>/reward/model` (or the pipeline) to write rl/eval.json."), None, None, None)
+        return "From rl/eval.json:", report["table"], report["overoptimisation"], report["win_rates"]
+
+    def on_blind(prompt):
+        pair, left, right = compare.new_blind_pair(ctx, prompt or None)
+        return pair, left, right, "Which reply is better? The sides are in random order."
+
+    def on_blind_vote(choice, pair, typed_name, request: gr.Request):
+        outcome, estimate = compare.blind_vote(votes, pair, choice, _annotator(request, typed_name))
+        tuned = "left" if pair.tuned_side == "left" else "right"
+        verdict = {1.0: "you preferred the tuned policy", 0.0: "you preferred the base policy", 0.5: "a tie"}[outcome]
+        return f"The tuned policy was on the **{tuned}**: {verdict}.", compare.win_rate_markdown(estimate), None
+
+    # -- API endpoints (for scripts, tests and the benchmark) -----------------------------------------------------
+    def api_label(pair_id: str, choice: str, annotator: str, submission_id: str, request: gr.Request) -> dict:
+        label, _ = ranking.submit_label(ctx, pair_id, choice, _annotator(request, annotator), submission_id)
+        return {"label_id": label.label_id, "pair_id": label.pair_id, "choice": label.choice,
+                "annotator": label.annotator, "revision": label.revision}
+
+    def api_new_pair(prompt: str) -> dict:
+        pair = ranking.pair_for_prompt(ctx, prompt) if prompt else ranking.generate_pairs(
+            ctx, ranking.next_prompts(ctx, 1))[0]
+        return ranking.pair_payload(pair)
+
+    def api_next_pair(annotator: str, request: gr.Request) -> dict:
+        return ranking.pair_payload(ranking.next_pair(ctx, _annotator(request, annotator))[0])
+
+    def api_progress(annotator: str, request: gr.Request) -> dict:
+        return ranking.progress(ctx, _annotator(request, annotator))
+
+    def api_score(prompt: str, completion: str) -> float:
+        return training.score_text(ctx, prompt, completion)
+
+    private = {"api_visibility": "private"}
+    model = {"concurrency_id": "model", "concurrency_limit": 1}
+    light = {"concurrency_id": "labels", "concurrency_limit": LABEL_WRITERS}
     with gr.Blocks(title="RLHF workbench") as demo:
-        gr.Markdown(f"# RLHF workbench\nStage 1 — sample from the policy **{policy_name}**.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=3, max_length=2000, elem_id="prompt")
-                gr.Examples(examples, inputs=prompt)
-            with gr.Column(scale=2):
-                n = gr.Slider(1, 8, value=2, step=1, label="Samples")
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-                max_new_tokens = gr.Slider(8, 256, value=48, step=8, label="Max new tokens")
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-        button = gr.Button("Generate", variant="primary", elem_id="generate")
-        table = gr.Dataframe(headers=["#", "completion", "tokens", "mean log-prob", "ended with EOS"],
-                             wrap=True, interactive=False, elem_id="completions")
-        inputs = [prompt, n, temperature, max_new_tokens, seed]
-        button.click(on_generate, inputs, table, api_name="generate", concurrency_limit=1)
-        prompt.submit(on_generate, inputs, table, api_name=False, concurrency_limit=1)
+        gr.Markdown(f"## RLHF workbench\nRun `{ctx.root}` · policy **{ctx.policy.name}** · reward backbone "
+                    f"**{ctx.reward_backbone}**")
+        with gr.Tabs():
+            with gr.Tab("Rank", id="rank"):
+                view = gr.State(None)
+                with gr.Row():
+                    annotator = gr.Textbox(value="annotator", label="Your name", max_length=64, scale=2,
+                                           elem_id="annotator")
+                    active = gr.Checkbox(label="Pick pairs the reward model is least sure about", scale=2,
+                                         elem_id="active")
+                    model_a = gr.Dropdown([ctx.policy.name], value=ctx.policy.name, label="Model A", scale=2)
+                    model_b = gr.Dropdown([ctx.policy.name], value=ctx.policy.name, label="Model B", scale=2)
+                progress = gr.Markdown(elem_id="progress")
+                prompt_box = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="rank-prompt")
+                with gr.Row(equal_height=True):
+                    side_a = gr.Textbox(label="A", interactive=False, lines=7, elem_id="side-a",
+                                        elem_classes="completion")
+                    side_b = gr.Textbox(label="B", interactive=False, lines=7, elem_id="side-b",
+                                        elem_classes="completion")
+                with gr.Row(elem_classes="vote-row"):
+                    vote_buttons = {choice: gr.Button(f"{name}  [{key}]", elem_id=f"vote-{choice}",
+                                                      variant="primary" if choice in ("A", "B") else "secondary")
+                                    for (choice, name), key in zip(ranking.CHOICE_NAMES.items(), "12345")}
+                    undo = gr.Button("Undo last  [u]", elem_id="undo-last", variant="stop")
+                note = gr.Markdown(elem_id="pair-note")
+                reveal = gr.Markdown(elem_id="reveal")
+                with gr.Accordion("Rank your own prompt", open=False), gr.Row():
+                    typed = gr.Textbox(label="Prompt", max_length=MAX_PROMPT_CHARS, lines=2, scale=4,
+                                       elem_id="typed-prompt")
+                    typed_go = gr.Button("New pair for my prompt", scale=1, elem_id="typed-go")
+                gr.Markdown("Shortcuts: **1**/a = A · **2**/b = B · **3**/t = tie · **4**/x = both bad · "
+                            "**5**/s = skip · **u** = undo. The reward model's opinion shows only after your vote.")
+
+            with gr.Tab("Reward model", id="reward"):
+                rm_seen = gr.State(None)
+                with gr.Row():
+                    epochs = gr.Slider(0.5, training.MAX_RM_EPOCHS, value=3, step=0.5, label="Epochs", scale=3)
+                    rm_train = gr.Button("Train / retrain on the labels so far", variant="primary", scale=2,
+                                         elem_id="rm-train")
+                rm_status = gr.Markdown(elem_id="rm-status")
+                rm_summary = gr.Markdown()
+                with gr.Row():
+                    rm_loss = gr.Plot(label="Loss")
+                    rm_accuracy = gr.Plot(label="Accuracy")
+                rm_diag_go = gr.Button("Diagnose on the current labels", elem_id="rm-diagnose")
+                rm_diag_text = gr.Markdown()
+                with gr.Row():
+                    rm_hist = gr.Plot(label="Score histograms")
+                    rm_calibration = gr.Plot(label="Calibration")
+                    rm_length = gr.Plot(label="Score vs length")
+                with gr.Accordion("Score any text with the current reward model", open=True):
+                    with gr.Row():
+                        score_prompt = gr.Textbox(label="Prompt", max_length=MAX_PROMPT_CHARS, lines=2)
+                        score_completion = gr.Textbox(label="Completion", max_length=4000, lines=2)
+                        score_value = gr.Number(label="Reward", interactive=False, precision=3)
+                    score_go = gr.Button("Score", elem_id="score-go")
+                rm_timer = gr.Timer(JOB_POLL_S)
+
+            with gr.Tab("RL fine-tuning", id="rl"):
+                rl_seen = gr.State(None)
+                with gr.Row():
+                    algo = gr.Dropdown(["rloo", "grpo", "dpo"], value="rloo", label="Algorithm")
+                    steps = gr.Number(value=30, precision=0, minimum=1, maximum=training.MAX_RL_STEPS, label="Steps")
+                    beta = gr.Number(value=0.05, minimum=0, maximum=1, label="β (KL coefficient)")
+                    lora = gr.Checkbox(label="LoRA adapters")
+                    archive = gr.Checkbox(label="Archive the previous RL run")
+                with gr.Row():
+                    rl_start = gr.Button("Start", variant="primary", elem_id="rl-start")
+                    rl_stop = gr.Button("Stop", variant="stop", elem_id="rl-stop")
+                    rl_resume = gr.Button("Resume", elem_id="rl-resume")
+                rl_message = gr.Markdown()
+                rl_status = gr.Markdown(elem_id="rl-status")
+                rl_plot = gr.Plot(label="Training curves")
+                rl_samples = gr.Dataframe(headers=["step", "prompt", "completion", "gold"], wrap=True,
+                                          interactive=False, label="Latest samples")
+                rl_timer = gr.Timer(JOB_POLL_S)
+
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    cmp_prompt = gr.Dropdown(heldout, value=heldout[0], allow_custom_value=True, label="Prompt",
+                                             scale=4)
+                    cmp_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", scale=1)
+                    cmp_go = gr.Button("Compare base and tuned", variant="primary", scale=1, elem_id="compare-go")
+                with gr.Row(equal_height=True):
+                    with gr.Column():
+                        base_text = gr.Textbox(label="Base policy", interactive=False, lines=5)
+                        base_score = gr.Markdown()
+                    with gr.Column():
+                        tuned_text = gr.Textbox(label="Tuned policy (rl/policy)", interactive=False, lines=5)
+                        tuned_score = gr.Markdown()
+                logratio_plot = gr.Plot(label="Per-token log(π/π_ref) of the tuned sample")
+                report_note = gr.Markdown()
+                report_table = gr.Plot(label="Before / after")
+                with gr.Row():
+                    overopt_plot = gr.Plot(label="Over-optimisation")
+                    win_plot = gr.Plot(label="Win rates")
+                gr.Markdown("### Blind test\nBase and tuned reply to the same prompt and seed in random order.")
+                blind_state = gr.State(None)
+                blind_go = gr.Button("New blind pair", elem_id="blind-go")
+                with gr.Row(equal_height=True):
+                    blind_left = gr.Textbox(label="Left", interactive=False, lines=5)
+                    blind_right = gr.Textbox(label="Right", interactive=False, lines=5)
+                with gr.Row():
+                    blind_buttons = {c: gr.Button(f"{c.capitalize()} is better" if c != "tie" else "Tie")
+                                     for c in compare.BLIND_CHOICES}
+                blind_result = gr.Markdown()
+                blind_rate = gr.Markdown(compare.win_rate_markdown(votes.win_rate()))
+
+        # -- wiring ---------------------------------------------------------------------------------------------
+        pair_outputs = [view, prompt_box, side_a, side_b, note]
+        next_inputs = [view, annotator, active, model_a, model_b]
+        demo.load(None, js=SHORTCUTS_JS)
+        demo.load(_guarded(on_load), [annotator], [annotator, progress, model_a, model_b], **private, **light) \
+            .then(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
+        for choice, button in vote_buttons.items():
+            button.click(_guarded(functools.partial(on_vote, choice)), [view, annotator], [view, reveal, progress],
+                         **private, **light) \
+                .success(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
+        undo.click(_guarded(on_undo), [view, annotator], [*pair_outputs, reveal, progress], **private, **light)
+        typed_go.click(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
+        typed.submit(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
+
+        rm_train.click(_guarded(lambda e: training.start_reward_training(ctx, e)), [epochs], [rm_status], **private,
+                       **light)
+        rm_timer.tick(rm_poll, [rm_seen], [rm_status, rm_loss, rm_accuracy, rm_summary, rm_seen], **private,
+                      concurrency_id="poll", concurrency_limit=4, show_progress="hidden")
+        rm_diag_go.click(_guarded(rm_diagnose), None, [rm_diag_text, rm_hist, rm_calibration, rm_length], **private,
+                         **model)
+        score_go.click(_guarded(api_score), [score_prompt, score_completion], [score_value], **private, **light)
+
+        def rl_start_fn(resume):
+            return lambda a, s, b, lo, ar: training.start_rl(ctx, a, s, b, lo, resume=resume, archive_previous=ar)
+        rl_inputs = [algo, steps, beta, lora, archive]
+        rl_start.click(_guarded(rl_start_fn(False)), rl_inputs, [rl_message], **private, **light)
+        rl_resume.click(_guarded(rl_start_fn(True)), rl_inputs, [rl_message], **private, **light)
+        rl_stop.click(lambda: training.stop_rl(ctx), None, [rl_message], **private, concurrency_id="stop",
+                      concurrency_limit=2)
+        rl_timer.tick(rl_poll, [rl_seen], [rl_status, rl_plot, rl_samples, rl_seen], **private,
+                      concurrency_id="poll", concurrency_limit=4, show_progress="hidden")
+
+        cmp_go.click(_guarded(on_compare), [cmp_prompt, cmp_seed],
+                     [base_text, base_score, tuned_text, tuned_score, logratio_plot], **private, **model)
+        demo.load(_guarded(on_report), None, [report_note, report_table, overopt_plot, win_plot], **private, **light)
+        blind_go.click(_guarded(on_blind), [typed], [blind_state, blind_left, blind_right, blind_result], **private,
+                       **model)
+        for choice, button in blind_buttons.items():
+            button.click(_guarded(functools.partial(on_blind_vote, choice)), [blind_state, annotator],
+                         [blind_result, blind_rate, blind_state], **private, **light)
+
+        gr.api(_guarded(api_label), api_name="label", **light)
+        gr.api(_guarded(api_new_pair), api_name="new_pair", **model)
+        gr.api(_guarded(api_next_pair), api_name="next_pair", **model)
+        gr.api(_guarded(api_progress), api_name="progress", **light)
+        gr.api(_guarded(api_score), api_name="score", **light)
+    demo.app_context = ctx  # for tests and launch(): the one place the shared state can be reached from
     return demo
 
 
-def launch(policy_name: str = "smollm2-135m-instruct", host: str = "127.0.0.1", port: int = 7860,
-           prevent_thread_lock: bool = False):
-    demo = build_demo(policy_name)
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    return demo.launch(server_name=host, server_port=port, share=False, theme=THEME, enable_monitoring=False,
-                       max_file_size="1mb", prevent_thread_lock=prevent_thread_lock, show_error=True)
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
+          prevent_thread_lock: bool = False, quiet: bool = False):
+    """Launch with the secure defaults: no share link, no monitoring, capped uploads, run directory not served."""
+    demo.queue(default_concurrency_limit=1, max_size=512)
+    return demo.launch(server_name=host, server_port=port, share=False, auth=auth or None, theme=THEME, css=CSS,
+                       enable_monitoring=False, max_file_size="1mb", show_error=True, ssr_mode=False, mcp_server=False,
+                       pwa=False, allowed_paths=[], blocked_paths=[str(demo.app_context.root)],
+                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, footer_links=["api"], run_history=False)
+
+
+def launch(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POLICY,
+           reward_backbone: str = DEFAULT_REWARD_BACKBONE, host: str = "127.0.0.1", port: int = 7860,
+           auth: list[tuple[str, str]] | None = None, prevent_thread_lock: bool = False):
+    from workbench.models import describe_models, prepare_offline_copy
+
+    ready = {row["name"]: row["offline_ready"] for row in describe_models()}
+    for name in (policy_name, reward_backbone):
+        if name in ready and not ready[name]:
+            print(f"Preparing {name} (first start only; this takes ~30 s)...", file=sys.stderr, flush=True)
+            prepare_offline_copy(name)
+    print(f"Loading {policy_name} and opening {run_dir}...", file=sys.stderr, flush=True)
+    demo = build_demo(run_dir, policy_name, reward_backbone)
+    try:
+        return serve(demo, host, port, auth, prevent_thread_lock)
+    finally:
+        if not prevent_thread_lock:
+            demo.app_context.close()

@@ -1,0 +1,228 @@
+"""Rank tab: show a pair, record a person's vote in the preference store, reveal the reward model afterwards.
+
+Every label is written with `PreferenceStore.add_label` at the moment of the click. Its submission id is
+`<token>:<choice>`, the token being a fresh uuid made when the pair was shown (kept in the session's `RankView`),
+so a re-sent click returns the label it already made instead of adding another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass
+
+from apps.context import AppContext
+from apps.handlers import (
+    MAX_PROMPT_CHARS,
+    InputError,
+    check_annotator,
+    check_choice,
+    check_submission_id,
+    check_text,
+)
+from workbench.data import PromptRecord
+from workbench.preferences import CHOICES, Label, Pair, PairConfig, make_pairs
+
+CHOICE_NAMES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
+PREFETCH = 2  # pairs generated together when none is waiting: decoding is memory-bound, a batch of 2 costs ~1
+ACTIVE_POOL = 4  # active selection picks among at least this many unlabelled pairs
+MAX_PAIR_ID_CHARS = 64
+
+
+@dataclass
+class RankView:
+    """Per-session state of the Rank tab (in gr.State): the pair on screen and its submission token."""
+
+    pair_id: str | None = None
+    token: str = ""
+    note: str = ""  # why this pair was picked (e.g. the RM's margin under active selection)
+
+    @classmethod
+    def showing(cls, pair: Pair, note: str = "") -> RankView:
+        return cls(pair.pair_id, uuid.uuid4().hex, note)
+
+    def submission_id(self, action: str) -> str:
+        return f"{self.token}:{action}"
+
+
+@dataclass
+class Reveal:
+    """What the reward model thought of a pair the person just labelled."""
+
+    choice: str
+    score_a: float | None = None
+    score_b: float | None = None
+    p_a: float | None = None  # P(A > B) = sigmoid(r_A - r_B) (Bradley-Terry)
+
+    @property
+    def agrees(self) -> bool | None:
+        if self.score_a is None or self.choice not in ("A", "B") or self.score_a == self.score_b:
+            return None
+        return (self.choice == "A") == (self.score_a > self.score_b)
+
+
+# -- pairs ------------------------------------------------------------------------------------------------------
+
+def generate_pairs(ctx: AppContext, records: list[PromptRecord], model_a: str | None = None,
+                   model_b: str | None = None) -> list[Pair]:
+    """make_pairs on these prompts with the chosen models (default: two samples of the policy), then store them."""
+    choices = ctx.model_choices()
+    model_a = check_choice("Model A", model_a or ctx.policy.name, choices)
+    model_b = check_choice("Model B", model_b or model_a, choices)
+    policy = ctx.model_for(model_a)
+    policy_b = ctx.model_for(model_b) if model_b != model_a else None
+    seed = 2 * ctx.store.count_pairs()  # new samples every time, reproducible from the store's size
+    pairs: list[Pair] = []
+    with ctx.model_lock:
+        for attempt in range(3):  # identical sides are dropped by make_pairs: try other seeds
+            config = PairConfig(seed=seed + 7919 * attempt, batch_size=len(records))
+            pairs = make_pairs(records, policy, config, policy_b=policy_b, model_names=(model_a, model_b))
+            if pairs:
+                break
+    if not pairs:
+        raise InputError("The model wrote the same completion twice (or an empty one); try another prompt.")
+    ctx.store.add_pairs(pairs)
+    return pairs
+
+
+def next_prompts(ctx: AppContext, n: int) -> list[PromptRecord]:
+    """The next n built-in prompts, cycling, counted by the pairs stored so far."""
+    start = ctx.store.count_pairs()
+    return [ctx.prompts[(start + i) % len(ctx.prompts)] for i in range(n)]
+
+
+def typed_prompt_record(text) -> PromptRecord:
+    text = check_text("Prompt", text, MAX_PROMPT_CHARS).strip()
+    return PromptRecord(id=f"typed-{hashlib.sha256(text.encode()).hexdigest()[:12]}", prompt=text, category="typed")
+
+
+def pair_for_prompt(ctx: AppContext, text, model_a: str | None = None, model_b: str | None = None) -> Pair:
+    """A new pair for a prompt the person typed."""
+    return generate_pairs(ctx, [typed_prompt_record(text)], model_a, model_b)[0]
+
+
+def reward_margins(ctx: AppContext, pairs: list[Pair]) -> dict[str, float] | None:
+    """|r_A - r_B| per pair under the current reward model (cached per model version); None without one."""
+    rm, version = ctx.reward_model(), ctx.reward_version()
+    if rm is None:
+        return None
+    missing = [p for p in pairs if (version, p.pair_id) not in ctx.margins]
+    if missing:
+        prompts = [p.prompt for p in missing]
+        scores_a = rm.score(prompts, [p.completion_a for p in missing])
+        scores_b = rm.score(prompts, [p.completion_b for p in missing])
+        for pair, a, b in zip(missing, scores_a, scores_b):
+            ctx.margins[(version, pair.pair_id)] = abs(a - b)
+    return {p.pair_id: ctx.margins[(version, p.pair_id)] for p in pairs}
+
+
+def next_pair(ctx: AppContext, annotator: str, active: bool = False, model_a: str | None = None,
+              model_b: str | None = None) -> tuple[Pair, str]:
+    """The pair to show next, and a note on why.
+
+    Default models: the oldest pair this annotator has not labelled, or new ones from the prompt set. With `active`
+    and a reward model: the unlabelled pair the RM is least sure about (smallest |r_A - r_B|). Other models: always
+    a new pair from them.
+    """
+    annotator = check_annotator(annotator)
+    default = ctx.policy.name
+    if (model_a or default) != default or (model_b or model_a or default) != default:
+        return generate_pairs(ctx, next_prompts(ctx, 1), model_a, model_b)[0], f"new pair: {model_a} vs {model_b}"
+    if active and ctx.has_reward_model():
+        pool = ctx.store.next_unlabelled(annotator, limit=64)
+        if len(pool) < ACTIVE_POOL:
+            generate_pairs(ctx, next_prompts(ctx, ACTIVE_POOL))
+            pool = ctx.store.next_unlabelled(annotator, limit=64)
+        margins = reward_margins(ctx, pool)
+        pair = min(pool, key=lambda p: margins[p.pair_id])
+        return pair, f"active selection: the reward model's least sure of {len(pool)} unlabelled pairs"
+    pool = ctx.store.next_unlabelled(annotator, limit=1)
+    if pool:
+        return pool[0], ""
+    pairs = generate_pairs(ctx, next_prompts(ctx, PREFETCH))
+    return pairs[0], ""
+
+
+def pair_payload(pair: Pair) -> dict:
+    """What a client sees of a pair: never which model wrote which side, never the reward model's scores."""
+    return {"pair_id": pair.pair_id, "prompt": pair.prompt_text, "completion_a": pair.completion_a,
+            "completion_b": pair.completion_b}
+
+
+# -- labels -----------------------------------------------------------------------------------------------------
+
+def check_pair_id(ctx: AppContext, pair_id) -> Pair:
+    if not isinstance(pair_id, str) or not pair_id or len(pair_id) > MAX_PAIR_ID_CHARS:
+        raise InputError("pair_id must be the id of a displayed pair (up to 64 characters).")
+    try:
+        return ctx.store.get_pair(pair_id)
+    except KeyError:
+        raise InputError(f"Unknown pair {pair_id!r}: it is not in this run's preference store.") from None
+
+
+def submit_label(ctx: AppContext, pair_id, choice, annotator, submission_id, reveal: bool = False) -> tuple[Label, Reveal]:
+    """Validate everything, then write one label (idempotent per submission_id). With `reveal`, the reward model
+    scores both sides first and the scores are stored with the label."""
+    choice = check_choice("choice", choice, CHOICES)
+    annotator = check_annotator(annotator)
+    submission_id = check_submission_id(submission_id)
+    pair = check_pair_id(ctx, pair_id)
+    if ctx.store.has_submission(submission_id):  # a re-sent click: answer with the label it made
+        label = next(l for l in ctx.store.history(pair.pair_id) if l.submission_id == submission_id)
+        if (label.choice, label.annotator) != (choice, annotator):
+            raise InputError("This submission id was already used for another vote; reload the pair.")
+        return label, Reveal(choice, label.score_a, label.score_b, _p_a(label.score_a, label.score_b))
+    result = Reveal(choice)
+    rm = ctx.reward_model() if reveal else None
+    if rm is not None:
+        result.score_a, result.score_b = rm.score([pair.prompt] * 2, [pair.completion_a, pair.completion_b])
+        result.p_a = _p_a(result.score_a, result.score_b)
+    try:
+        label = ctx.store.add_label(pair.pair_id, choice, annotator, submission_id, score_a=result.score_a,
+                                    score_b=result.score_b)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    return label, result
+
+
+def undo_last(ctx: AppContext, annotator, submission_id) -> Label | None:
+    """Withdraw this annotator's latest label; returns the undo revision (None when there was nothing)."""
+    annotator, submission_id = check_annotator(annotator), check_submission_id(submission_id)
+    try:
+        return ctx.store.undo_last(annotator, submission_id)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def _p_a(score_a: float | None, score_b: float | None) -> float | None:
+    if score_a is None or score_b is None:
+        return None
+    return 1.0 / (1.0 + math.exp(-(score_a - score_b)))
+
+
+# -- text for the page ------------------------------------------------------------------------------------------
+
+def progress(ctx: AppContext, annotator: str) -> dict:
+    return {"mine": ctx.store.count_labels(annotator), "everyone": ctx.store.count_labels(),
+            "pairs": ctx.store.count_pairs(), "target": ctx.label_target}
+
+
+def progress_markdown(counts: dict) -> str:
+    share = min(counts["everyone"] / max(counts["target"], 1), 1.0)
+    return (f"**Your labels: {counts['mine']}** · everyone: {counts['everyone']} of a target of {counts['target']} "
+            f"({share:.0%}) · {counts['pairs']} pairs stored")
+
+
+def reveal_markdown(reveal: Reveal | None, has_reward_model: bool) -> str:
+    if reveal is None:
+        return ""
+    said = CHOICE_NAMES[reveal.choice]
+    if reveal.score_a is None:
+        hint = "" if has_reward_model else " No reward model yet: train one in the *Reward model* tab."
+        return f"Saved: **{said}**.{hint}"
+    agrees = reveal.agrees
+    verdict = ("" if agrees is None else " ✅ The reward model agrees." if agrees
+               else " ⚠️ **The reward model disagrees with you.**")
+    return (f"Saved: **{said}**. Reward model: A = {reveal.score_a:+.2f}, B = {reveal.score_b:+.2f}, "
+            f"P(A≻B) = {reveal.p_a:.2f}.{verdict}")

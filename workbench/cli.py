@@ -221,10 +221,33 @@ def cmd_pipeline(args) -> None:
     _print(run_pipeline(preset, args.out), args)
 
 
+def _auth_pairs(args) -> list[tuple[str, str]]:
+    """--auth user:pass (repeatable) and --auth-file FILE (one user:pass per line; blank lines and # comments skipped)."""
+    entries = [(value, "--auth") for value in args.auth or []]
+    if args.auth_file:
+        path = Path(args.auth_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--auth-file {path}: no such file")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                entries.append((line.strip(), f"{path}, line {number}"))
+    pairs = []
+    for value, where in entries:
+        user, sep, password = value.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"{where}: expected user:password, got {value.split(':')[0]!r}:... Fix: write user:password.")
+        pairs.append((user.strip(), password))
+    return pairs
+
+
 def cmd_app(args) -> None:
     from apps.workbench_app import launch
 
-    launch(args.model, host=args.host, port=args.port)
+    auth = _auth_pairs(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
+        raise ValueError(f"--host {args.host} exposes the app beyond this machine; add --auth user:password or "
+                         "--auth-file FILE so that only people you know can label and start training.")
+    launch(args.run, args.model, args.reward_backbone, host=args.host, port=args.port, auth=auth or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -376,9 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("app", help="open the Gradio app on http://127.0.0.1:7860")
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--run", default="runs/demo", help="run directory the app works in (default runs/demo)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="policy that writes the pairs")
+    p.add_argument("--reward-backbone", default="minilm-l6", help="backbone of reward models trained in the app")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only; others need --auth)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", action="append", metavar="USER:PASS", help="a login (repeatable); labels carry the name")
+    p.add_argument("--auth-file", metavar="FILE", help="logins, one user:pass per line")
     p.set_defaults(func=cmd_app)
     return parser
 

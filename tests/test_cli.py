@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["models", "prepare", "generate", "pretrain", "sft", "pairs", "label", "prefs", "train-rm", "app"]
+COMMANDS = ["models", "prepare", "generate", "pretrain", "sft", "pairs", "label", "prefs", "train-rm", "train-rl",
+            "evaluate", "pipeline", "app"]
 
 
 def workbench(*args, check=True):
@@ -83,6 +84,18 @@ def test_stage2_from_the_command_line(tmp_path):
     assert summary["n_pairs"] == exported["n_rows"] and 0 <= summary["accuracy"] <= 1
     assert (tmp_path / "rm" / "reward" / "model" / "workbench_reward.json").exists()
 
+    # stage 3 from the same files: DPO from the store, RLOO against the RM, then the evaluation
+    dpo = json.loads(workbench("train-rl", "--algo", "dpo", "--prefs", db, "--out", str(tmp_path / "dpo"),
+                               "--policy", "tiny-random-llama", "--steps", "1", "--json").stdout)
+    assert dpo["global_step"] == 1
+    rm_dir = str(tmp_path / "rm" / "reward" / "model")
+    rl = json.loads(workbench("train-rl", "--reward", rm_dir, "--out", str(tmp_path / "rl"), "--policy",
+                              "tiny-random-llama", "--steps", "1", "--max-new-tokens", "6", "--json").stdout)
+    report = json.loads(workbench("evaluate", "--base", "tiny-random-llama", "--policy", rl["policy_dir"],
+                                  "--reward", rm_dir, "--n-prompts", "3", "--bon-max-n", "2", "--max-new-tokens",
+                                  "4", "--json").stdout)
+    assert report["n_prompts"] == 3 and report["kl"]["n"] == 3 and (tmp_path / "rl" / "rl" / "eval.json").exists()
+
 
 def test_stage2_errors_are_clear(tmp_path):
     result = workbench("train-rm", "--out", str(tmp_path), check=False)
@@ -91,3 +104,8 @@ def test_stage2_errors_are_clear(tmp_path):
     bad.write_text('{"prompt": "p", "chosen": "same", "rejected": "same"}\n')
     result = workbench("prefs", "import", str(bad), "--db", str(tmp_path / "x.sqlite"), check=False)
     assert result.returncode == 2 and "row 1" in result.stderr
+    result = workbench("train-rl", "--algo", "dpo", "--out", str(tmp_path / "dpo"), "--policy", "tiny-random-llama",
+                       check=False)
+    assert result.returncode == 2 and "preference" in result.stderr
+    result = workbench("train-rl", "--out", str(tmp_path / "rl"), check=False)
+    assert result.returncode == 2 and "needs a trained reward model" in result.stderr

@@ -85,7 +85,12 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         pair, note = ranking.next_pair(ctx, name, bool(active), model_a, model_b)
         return show(pair, note)
 
-    def on_vote(choice, view, typed_name, request: gr.Request):
+    def vote_handler(choice):
+        def on_vote(view, typed_name, request: gr.Request):
+            return vote(choice, view, typed_name, request)
+        return on_vote
+
+    def vote(choice, view, typed_name, request):
         name = _annotator(request, typed_name)
         if view is None or view.pair_id is None:
             gr.Warning("The next pair is still loading.")
@@ -150,7 +155,12 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         pair, left, right = compare.new_blind_pair(ctx, prompt or None)
         return pair, left, right, "Which reply is better? The sides are in random order."
 
-    def on_blind_vote(choice, pair, typed_name, request: gr.Request):
+    def blind_vote_handler(choice):
+        def on_blind_vote(pair, typed_name, request: gr.Request):
+            return blind_vote(choice, pair, typed_name, request)
+        return on_blind_vote
+
+    def blind_vote(choice, pair, typed_name, request):
         outcome, estimate = compare.blind_vote(votes, pair, choice, _annotator(request, typed_name))
         tuned = "left" if pair.tuned_side == "left" else "right"
         verdict = {1.0: "you preferred the tuned policy", 0.0: "you preferred the base policy", 0.5: "a tie"}[outcome]
@@ -295,7 +305,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         demo.load(_guarded(on_load), [annotator], [annotator, progress, model_a, model_b], **private, **light) \
             .then(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
         for choice, button in vote_buttons.items():
-            button.click(_guarded(functools.partial(on_vote, choice)), [view, annotator], [view, reveal, progress],
+            button.click(_guarded(vote_handler(choice)), [view, annotator], [view, reveal, progress],
                          **private, **light) \
                 .success(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
         undo.click(_guarded(on_undo), [view, annotator], [*pair_outputs, reveal, progress], **private, **light)
@@ -326,7 +336,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         blind_go.click(_guarded(on_blind), [typed], [blind_state, blind_left, blind_right, blind_result], **private,
                        **model)
         for choice, button in blind_buttons.items():
-            button.click(_guarded(functools.partial(on_blind_vote, choice)), [blind_state, annotator],
+            button.click(_guarded(blind_vote_handler(choice)), [blind_state, annotator],
                          [blind_result, blind_rate, blind_state], **private, **light)
 
         gr.api(_guarded(api_label), api_name="label", **light)

@@ -20,20 +20,20 @@ class PipelinePreset:
     oracle: str = "upbeat-concise"
     labeler_noise: float = 0.1  # Bradley-Terry temperature of the simulated annotator
     n_pairs: int = 160
-    pair_max_new_tokens: int = 48
+    pair_max_new_tokens: int = 40
     pair_batch_size: int = 16
     rm_epochs: float = 3.0
     algo: str = "rloo"
-    rl_steps: int = 30
+    rl_steps: int = 20
     beta: float = 0.05
-    learning_rate: float = 1e-5
+    learning_rate: float = 5e-5  # few steps on CPU: a larger step than the 1e-5 default of longer runs
     prompts_per_step: int = 2
     num_generations: int = 4
-    max_new_tokens: int = 48
+    max_new_tokens: int = 40  # ~30 words, the top of the gold labeler's length window
     lora: bool = False
-    save_steps: int = 10
-    eval_prompts: int = 48
-    bon_prompts: int = 12
+    save_steps: int = 10  # the step-10 checkpoint becomes a point on the over-optimisation plot
+    eval_prompts: int = 40
+    bon_prompts: int = 8
     bon_max_n: int = 8
     seed: int = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def _config(cls, args, mapping: dict[str, str]):
 
 
 def _print(result, args) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch` only the main process reports
+        return
     if args.json:
         print(json.dumps(result, default=str), file=args.stdout)
     else:
@@ -384,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("pipeline", help="every stage end to end with a simulated labeler: label, RM, RL, evaluate")
-    p.add_argument("--preset", default="quick", help="quick (default models, ~15 min on 2 CPU cores) or smoke")
+    p.add_argument("--preset", default="quick",
+                   help="quick (default models, ~15 min on 2 CPU cores), gpu (one 80 GB GPU) or smoke")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--policy")
     p.add_argument("--algo", choices=["rloo", "grpo", "dpo"])

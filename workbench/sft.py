@@ -14,6 +14,7 @@ import torch
 
 from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptFileError, read_rows
+from workbench.distributed import per_process, process_info
 from workbench.models import load_policy
 from workbench.runs import RunDir
 
@@ -67,12 +68,14 @@ def supervised_finetune(config: SFTRunConfig, out: str | Path) -> dict:
     rows = load_sft_rows(config.data)
     model, tokenizer = load_policy(config.model)
     model.train()
-    run.save_config("sft", config, n_rows=len(rows))
-    run.clear_metrics("sft")
+    num_processes, is_main = process_info()  # under `accelerate launch`, only the main process writes run files
+    if is_main:
+        run.save_config("sft", config, n_rows=len(rows))
+        run.clear_metrics("sft")
     args = SFTConfig(
         output_dir=str(stage_dir / "checkpoints"),
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_process(config.batch_size, num_processes, "batch_size"),  # same global batch
         learning_rate=config.learning_rate,
         logging_steps=config.logging_steps,
         logging_first_step=True,
@@ -89,7 +92,8 @@ def supervised_finetune(config: SFTRunConfig, out: str | Path) -> dict:
     trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     model_dir = stage_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    trainer.save_model(str(model_dir))  # writes on the main process only
+    if is_main:
+        tokenizer.save_pretrained(str(model_dir))
     return {"model_dir": str(model_dir), "n_rows": len(rows), "steps": trainer.state.global_step,
             "initial_loss": losses[0], "final_loss": losses[-1], "seconds": round(time.perf_counter() - started, 2)}

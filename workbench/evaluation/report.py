@@ -36,14 +36,14 @@ class EvaluateConfig:
             raise ValueError(f"bon_max_n must be a power of two (1, 2, 4, ...) or 0, got {self.bon_max_n}")
 
 
-def load_checkpoint_policy(checkpoint: Path, base_name: str, dtype: str = "float32"):
+def load_checkpoint_policy(checkpoint: Path, base_name: str, dtype: str = "float32", device: str = "cpu"):
     """A Trainer checkpoint as a plain model: full weights, or base + LoRA adapter merged."""
     if (checkpoint / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base, _ = load_policy(base_name, dtype=dtype)
+        base, _ = load_policy(base_name, dtype=dtype, device=device)
         return PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload().eval()
-    model, _ = load_policy(str(checkpoint), dtype=dtype)
+    model, _ = load_policy(str(checkpoint), dtype=dtype, device=device)
     return model
 
 
@@ -53,8 +53,11 @@ def _gain(value: float, start: float) -> float:
 
 def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     """Everything issue-level users read after RL; written to `out` (default <policy>/../eval.json)."""
-    base, tokenizer = load_policy(config.base)
-    tuned, _ = load_policy(config.policy)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base, tokenizer = load_policy(config.base, device=device)
+    tuned, _ = load_policy(config.policy, device=device)
     rm = RewardModel.load(config.reward)
     eval_config = PolicyEvalConfig(n_prompts=config.n_prompts, max_new_tokens=config.max_new_tokens,
                                    temperature=config.temperature, seed=config.seed, oracle=config.oracle)
@@ -77,7 +80,7 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
             step = int(checkpoint.name.split("-")[1])
             if step == policy_steps or not (checkpoint / "trainer_state.json").exists():
                 continue  # the final policy is evaluated below; an unfinished save is skipped
-            model = load_checkpoint_policy(checkpoint, config.base)
+            model = load_checkpoint_policy(checkpoint, config.base, device=device)
             point = evaluate_policies(base, model, tokenizer, rm, eval_config, heldout)["summary"]
             rl_points.append({"name": checkpoint.name, "kl": point["kl"]["value"],
                               "sqrt_kl": math.sqrt(max(point["kl"]["value"], 0.0)),

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from workbench.callbacks import RunMetricsCallback
+from workbench.distributed import per_process, process_info
 from workbench.evaluation.metrics import Estimate
 from workbench.evaluation.reward_diagnostics import diagnose_reward_model
 from workbench.generation import completion_text
@@ -96,13 +97,15 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     lengths = [max(len(tokenizer(c)["input_ids"]), len(tokenizer(r)["input_ids"])) + 1
                for c, r in zip(train_texts["chosen"], train_texts["rejected"])]
     n_dropped = sum(length > config.max_length for length in lengths)
-    run.save_config("reward", config, n_pairs=len(rows), n_train=len(train_rows), n_val=len(val_rows),
-                    n_dropped_too_long=n_dropped)
+    num_processes, is_main = process_info()  # under `accelerate launch`, only the main process writes run files
+    if is_main:
+        run.save_config("reward", config, n_pairs=len(rows), n_train=len(train_rows), n_val=len(val_rows),
+                        n_dropped_too_long=n_dropped)
 
     args = RewardConfig(
         output_dir=str(stage_dir / "checkpoints"),
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_process(config.batch_size, num_processes, "batch_size"),  # same global batch
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=0.1,  # a float below 1 is a fraction of the total steps
@@ -124,29 +127,32 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(train_texts),
                             processing_class=tokenizer, callbacks=[RunMetricsCallback(run, "reward", "rm")])
     checkpoints = sorted((stage_dir / "checkpoints").glob("checkpoint-*"))
-    if not (config.resume and checkpoints):
+    if not (config.resume and checkpoints) and is_main:
         run.clear_metrics("reward")  # a fresh run; a resumed one continues its metrics
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=bool(config.resume and checkpoints))
     seconds = time.perf_counter() - started
 
     model_dir = stage_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    trainer.save_model(str(model_dir))  # writes on the main process only
+    if is_main:
+        tokenizer.save_pretrained(str(model_dir))
     scorer = RewardModel(trainer.model, tokenizer, max_length=config.max_length, bf16=False)
     evaluated = val_rows or train_rows  # with val_fraction=0 the numbers are training accuracy
     diagnostics = diagnose_reward_model(scorer, evaluated, config.oracle, config.seed)
     # Score statistics over the labelled completions (samples of the policy that made the pairs): stage 3
     # normalises rewards with them so that beta means the same thing for every reward model.
     scores = torch.tensor(diagnostics["scores"])
+    accuracy = Estimate(**diagnostics["accuracy"])
+    gold = Estimate(**diagnostics["gold_accuracy"]) if config.oracle else None
+    result = RewardTrainResult(model_dir, len(rows), len(train_rows), len(val_rows), n_dropped, accuracy, gold, seconds)
+    if not is_main:
+        return result
     write_json_atomic(model_dir / MANIFEST, {"backbone": config.backbone, "max_length": config.max_length,
                                              "text_format": "prompt <sep> completion",
                                              "score_stats": {"mean": float(scores.mean()),
                                                              "std": float(scores.std()) if len(scores) > 1 else 1.0,
                                                              "n": len(scores)}})
-    accuracy = Estimate(**diagnostics["accuracy"])
-    gold = Estimate(**diagnostics["gold_accuracy"]) if config.oracle else None
-    result = RewardTrainResult(model_dir, len(rows), len(train_rows), len(val_rows), n_dropped, accuracy, gold, seconds)
     write_json_atomic(stage_dir / "eval.json", {**result.summary(), "evaluated_on": "val" if val_rows else "train",
                                                "ece": diagnostics["ece"],
                                                "length_correlation": diagnostics["length_correlation"]})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.distributed import process_info
 from workbench.generation import completion_text, prompt_text
 from workbench.oracles import get_oracle
 from workbench.models import load_reward_backbone
@@ -96,7 +97,7 @@ class GoldRewardLogger:
         prompt_strings = [prompt_text(p) for p in prompts]
         texts = [completion_text(c) for c in completions]
         scores = [self.gold(p, t) for p, t in zip(prompt_strings, texts)]
-        if self.samples_path and (trainer_state is None or trainer_state.is_world_process_zero):
+        if self.samples_path and process_info()[1]:  # the main process writes its share of the samples
             step = (trainer_state.global_step + 1) if trainer_state else 0  # the optimiser step these samples train
             lines = [json.dumps({"step": step, "prompt": p, "completion": t, "gold": s,
                                  "finished": bool(ids) and ids[-1] in self.eos_token_ids})

@@ -22,6 +22,7 @@ import torch
 
 from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptRecord, builtin_prompts
+from workbench.distributed import per_process, process_info
 from workbench.generation import completion_text
 from workbench.models import load_tokenizer, resolve_model
 from workbench.rl.config import RLConfig
@@ -115,7 +116,9 @@ def _online_trainer(config: RLConfig, policy_path: str, tokenizer, prompts: list
         weights.append(0.0)  # logged, never optimised: the gold stays an honest judge
         processors.append(None)
     sampling = dict(
-        per_device_train_batch_size=config.prompts_per_step * config.num_generations,  # completions per step
+        # completions per optimiser step, over all processes (TRL groups them across processes for the baseline)
+        per_device_train_batch_size=per_process(config.prompts_per_step * config.num_generations, process_info()[0],
+                                                "prompts_per_step * num_generations"),
         num_generations=config.num_generations,
         max_completion_length=config.max_new_tokens,
         temperature=config.temperature,
@@ -152,7 +155,8 @@ def _dpo_trainer(config: RLConfig, policy_path: str, tokenizer, preference_rows:
         raise ValueError("algo='dpo' trains on preference pairs: pass a preference store or an exported dataset "
                          "with at least one A/B label (e.g. --prefs runs/NAME/preferences.sqlite).")
     args = DPOConfig(**_common_args(config, run.stage_dir("rl") / "checkpoints"), beta=config.beta,
-                     per_device_train_batch_size=config.prompts_per_step * config.num_generations // 2 or 1,
+                     per_device_train_batch_size=per_process(max(config.prompts_per_step * config.num_generations // 2, 1),
+                                                             process_info()[0], "DPO pairs per step"),
                      max_length=config.max_length)
     return DPOTrainer(model=policy_path, args=args, train_dataset=Dataset.from_list(dpo_rows(preference_rows)),
                       processing_class=tokenizer, peft_config=_peft_config(config),
@@ -184,6 +188,7 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
         raise FileExistsError(f"{stage_dir} already holds an RL run. Fix: pass --resume to continue it, "
                               "or choose another --out.")
     resumed_step = None
+    is_main = process_info()[1]  # under `accelerate launch`, only the main process touches run files
     if resume_from is not None:
         state = json.loads((resume_from / "trainer_state.json").read_text())
         resumed_step = state["global_step"]
@@ -191,12 +196,14 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
             # the restored scheduler would run the extra steps at its final learning rate (0 for linear decay)
             raise ValueError(f"--resume continues the same run: steps must stay {state['max_steps']} "
                              f"(got {config.steps}). To train longer, start a new run from {stage_dir / 'policy'}.")
-        run.clear_metrics("rl", after_step=resumed_step)
-        _truncate_samples(stage_dir / "samples.jsonl", resumed_step)
-    else:
+        if is_main:
+            run.clear_metrics("rl", after_step=resumed_step)
+            _truncate_samples(stage_dir / "samples.jsonl", resumed_step)
+    elif is_main:
         run.clear_metrics("rl")
         (stage_dir / "samples.jsonl").unlink(missing_ok=True)
-    run.save_config("rl", config)
+    if is_main:
+        run.save_config("rl", config)
 
     trainer = build_trainer(config, run, prompts, preference_rows)
     tokenizer = trainer.processing_class
@@ -205,9 +212,12 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
     seconds = time.perf_counter() - started
 
     policy_dir = stage_dir / "policy"
-    model = trainer.model.merge_and_unload() if config.lora else trainer.model
+    if config.lora:
+        if trainer.accelerator.is_main_process:
+            trainer.model.merge_and_unload().save_pretrained(str(policy_dir))
+    else:
+        trainer.save_model(str(policy_dir))  # gathers sharded weights (FSDP/ZeRO-3); writes on the main process
     if trainer.accelerator.is_main_process:
-        model.save_pretrained(str(policy_dir))
         tokenizer.save_pretrained(str(policy_dir))
         write_json_atomic(policy_dir / POLICY_MANIFEST, {"base": config.policy,
                                                          "algo": config.algo, "beta": config.beta,

@@ -1,6 +1,6 @@
 """Pairs of completions for the same prompt, ready to be ranked by a person or a simulated labeler.
 
-Two sources: two samples of one policy (different seeds), or one sample each from two policies.
+Two sources: two samples of one policy (drawn in one batch), or one sample each from two policies.
 Sides are shown in a random (recorded) order so position bias can be measured.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from tqdm.auto import tqdm
 
@@ -22,7 +22,7 @@ class PairConfig:
     max_new_tokens: int = 48
     temperature: float = 1.0  # diverse pairs teach the reward model more than near-duplicates
     top_p: float = 0.95
-    seed: int = 0  # generation seeds are seed (side 1) and seed + 1 (side 2); the side order uses seed too
+    seed: int = 0  # generation seed (one batch holds both sides; seed + 1 for a second policy); also the side order
     batch_size: int = 16
 
 
@@ -33,17 +33,21 @@ def _sampling(config: PairConfig, seed: int) -> SamplingConfig:
 
 def make_pairs(prompts: list[PromptRecord], policy, config: PairConfig | None = None, policy_b=None,
                model_names: tuple[str, str] = ("policy", "policy"), show_progress: bool = False) -> list[Pair]:
-    """One pair per prompt. `policy` and `policy_b` are (model, tokenizer); without policy_b both sides come
-    from `policy` with different seeds. Pairs whose two sides are identical are dropped (nothing to compare)."""
+    """One pair per prompt. `policy` and `policy_b` are (model, tokenizer); without policy_b both sides are two
+    samples of `policy`, drawn in one batch. Pairs whose two sides are identical are dropped (nothing to compare)."""
     config = config or PairConfig()
-    policy_b = policy_b or policy
     texts = [r.prompt for r in prompts]
     first, second = [], []
     for start in tqdm(range(0, len(texts), config.batch_size), desc="pairs", disable=not show_progress):
         chunk = texts[start : start + config.batch_size]
         # per-chunk seeds keep results independent of how many prompts came before
-        first += generate(*policy, chunk, _sampling(config, config.seed + 2 * start))
-        second += generate(*policy_b, chunk, _sampling(config, config.seed + 2 * start + 1))
+        if policy_b is None:  # both sides from one policy: one batch of 2x the prompts (decoding is memory-bound)
+            both = generate(*policy, chunk + chunk, replace(_sampling(config, config.seed + 2 * start),
+                                                             batch_size=2 * len(chunk)))
+            first, second = first + both[: len(chunk)], second + both[len(chunk) :]
+        else:
+            first += generate(*policy, chunk, _sampling(config, config.seed + 2 * start))
+            second += generate(*policy_b, chunk, _sampling(config, config.seed + 2 * start + 1))
     order = random.Random(config.seed)
     settings = asdict(config)
     pairs = []

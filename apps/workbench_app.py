@@ -339,7 +339,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
             button.click(_guarded(blind_vote_handler(choice)), [blind_state, annotator],
                          [blind_result, blind_rate, blind_state], **private, **light)
 
-        gr.api(_guarded(api_label), api_name="label", **light)
+        gr.api(_guarded(api_label), api_name="label", queue=False)  # a fast SQLite commit: skip the queue round trip
         gr.api(_guarded(api_new_pair), api_name="new_pair", **model)
         gr.api(_guarded(api_next_pair), api_name="next_pair", **model)
         gr.api(_guarded(api_progress), api_name="progress", **light)

@@ -12,6 +12,7 @@ from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overo
 from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, token_logratios
 from workbench.models import load_policy
 from workbench.reward.score import RewardModel
+from workbench.rl.train import POLICY_MANIFEST
 from workbench.runs import write_json_atomic
 
 
@@ -47,10 +48,6 @@ def load_checkpoint_policy(checkpoint: Path, base_name: str, dtype: str = "float
     return model
 
 
-def _gain(value: float, start: float) -> float:
-    return value - start
-
-
 def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     """Everything issue-level users read after RL; written to `out` (default <policy>/../eval.json)."""
     import torch
@@ -74,8 +71,8 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
                   "proxy": summary["proxy"]["base"]["value"]}]
     checkpoint_dir = Path(config.policy).parent / "checkpoints"
     if config.checkpoints and checkpoint_dir.is_dir():
-        policy_steps = json.loads((Path(config.policy) / "workbench_policy.json").read_text()).get("steps") \
-            if (Path(config.policy) / "workbench_policy.json").exists() else None
+        manifest = Path(config.policy) / POLICY_MANIFEST
+        policy_steps = json.loads(manifest.read_text()).get("steps") if manifest.exists() else None
         for checkpoint in sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
             step = int(checkpoint.name.split("-")[1])
             if step == policy_steps or not (checkpoint / "trainer_state.json").exists():
@@ -98,11 +95,11 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
         for metric, start in (("gold", start_gold), ("proxy", start_proxy)):
             if len(bon.rows) >= 3:
                 fits[f"bon_{metric}"] = fit_overoptimisation([r["sqrt_kl"] for r in bon.rows],
-                                                             [_gain(r[metric], start) for r in bon.rows], "bon")
+                                                             [r[metric] - start for r in bon.rows], "bon")
             base_value = rl_points[0][metric]
             if sum(p["sqrt_kl"] > 0 for p in rl_points) >= 2:
                 fits[f"rl_{metric}"] = fit_overoptimisation([p["sqrt_kl"] for p in rl_points],
-                                                            [_gain(p[metric], base_value) for p in rl_points], "rl")
+                                                            [p[metric] - base_value for p in rl_points], "rl")
         report["fits"] = fits
         final = rl_points[-1]
         bon_max_sqrt_kl = bon.rows[-1]["sqrt_kl"]

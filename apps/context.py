@@ -50,11 +50,14 @@ class AppContext:
              reward_backbone: str = DEFAULT_REWARD_BACKBONE, policy: LoadedPolicy | None = None,
              label_target: int = LABEL_TARGET) -> AppContext:
         from workbench.data import builtin_prompts
+        from workbench.generation import prepack_for_decoding
         from workbench.models import load_policy
 
         run = RunDir(Path(run_dir).expanduser().resolve())
         if policy is None:
-            policy = LoadedPolicy(policy_name, *load_policy(policy_name))
+            model, tokenizer = load_policy(policy_name)
+            prepack_for_decoding(model, rows=2)  # the two sides of a pair decode together
+            policy = LoadedPolicy(policy_name, model, tokenizer)
         return cls(run=run, store=PreferenceStore(run.root / "prefs.sqlite"), policy=policy,
                    reward_backbone=reward_backbone, label_target=label_target, prompts=builtin_prompts("train"),
                    jobs=JobRunner(run.root / "app" / "jobs"))
@@ -115,10 +118,13 @@ class AppContext:
             cached = self._policies.get(choice)
             if cached is None or cached[0] != stamp:
                 from workbench.evaluation.report import load_checkpoint_policy
+                from workbench.generation import prepack_for_decoding
 
                 if len(self._policies) >= 2:  # keep memory bounded: at most two extra models
                     self._policies.pop(next(iter(self._policies)))
-                self._policies[choice] = (stamp, load_checkpoint_policy(path, self.policy.name))
+                model = load_checkpoint_policy(path, self.policy.name)
+                prepack_for_decoding(model, rows=1)  # a second model writes its side alone
+                self._policies[choice] = (stamp, model)
             return self._policies[choice][1], self.policy.tokenizer
 
     def model_choices(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""Rank tab: show a pair, record a person's vote in the preference store, reveal the reward model afterwards.
+"""Rank tab: show a pair (streamed side by side while it is written), record a person's vote in the preference
+store, reveal the reward model afterwards. A pair is stored when its generation completes; only then can it be voted on.
 
 Every label is written with `PreferenceStore.add_label` at the moment of the click. Its submission id is
 `<token>:<choice>`, the token being a fresh uuid made when the pair was shown (kept in the session's `RankView`),
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from apps.context import AppContext
@@ -22,12 +24,12 @@ from apps.handlers import (
     check_text,
 )
 from workbench.data import PromptRecord
-from workbench.preferences import CHOICES, Label, Pair, PairConfig, make_pairs
+from workbench.preferences import CHOICES, Label, Pair, PairConfig, make_pairs, stream_pair
 
 CHOICE_NAMES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
-PREFETCH = 2  # pairs generated together when none is waiting: decoding is memory-bound, a batch of 2 costs ~1
 ACTIVE_POOL = 4  # active selection picks among at least this many unlabelled pairs
 MAX_PAIR_ID_CHARS = 64
+SAME_TWICE = "The model wrote the same completion twice (or an empty one); try another prompt."
 
 
 @dataclass
@@ -64,14 +66,34 @@ class Reveal:
 
 # -- pairs ------------------------------------------------------------------------------------------------------
 
-def generate_pairs(ctx: AppContext, records: list[PromptRecord], model_a: str | None = None,
-                   model_b: str | None = None) -> list[Pair]:
-    """make_pairs on these prompts with the chosen models (default: two samples of the policy), then store them."""
+@dataclass
+class Shown:
+    """What the Rank tab shows: the prompt and both sides, growing while a new pair is written, then the pair."""
+
+    prompt: str
+    text_a: str
+    text_b: str
+    note: str = ""  # why this pair was picked
+    pair: Pair | None = None  # set once the pair is complete and stored: only then can it be labelled
+
+    @classmethod
+    def stored(cls, pair: Pair, note: str = "") -> Shown:
+        return cls(pair.prompt_text, pair.completion_a, pair.completion_b, note, pair)
+
+
+def _models(ctx: AppContext, model_a: str | None, model_b: str | None) -> tuple[str, str, tuple, tuple | None]:
+    """Checked model choices (default: two samples of the policy) and their (model, tokenizer); None for B when
+    both sides come from the same model."""
     choices = ctx.model_choices()
     model_a = check_choice("Model A", model_a or ctx.policy.name, choices)
     model_b = check_choice("Model B", model_b or model_a, choices)
-    policy = ctx.model_for(model_a)
-    policy_b = ctx.model_for(model_b) if model_b != model_a else None
+    return model_a, model_b, ctx.model_for(model_a), ctx.model_for(model_b) if model_b != model_a else None
+
+
+def generate_pairs(ctx: AppContext, records: list[PromptRecord], model_a: str | None = None,
+                   model_b: str | None = None) -> list[Pair]:
+    """make_pairs on these prompts with the chosen models (default: two samples of the policy), then store them."""
+    model_a, model_b, policy, policy_b = _models(ctx, model_a, model_b)
     seed = 2 * ctx.store.count_pairs()  # new samples every time, reproducible from the store's size
     pairs: list[Pair] = []
     with ctx.model_lock:
@@ -81,9 +103,27 @@ def generate_pairs(ctx: AppContext, records: list[PromptRecord], model_a: str | 
             if pairs:
                 break
     if not pairs:
-        raise InputError("The model wrote the same completion twice (or an empty one); try another prompt.")
+        raise InputError(SAME_TWICE)
     ctx.store.add_pairs(pairs)
     return pairs
+
+
+def stream_new_pair(ctx: AppContext, record: PromptRecord, model_a: str | None = None, model_b: str | None = None,
+                    note: str = "") -> Iterator[Shown]:
+    """generate_pairs for one prompt, streamed: both sides grow side by side (one batched decode). The pair is
+    stored before the last update, the only one whose `pair` is set, so a label can only name a stored pair."""
+    model_a, model_b, policy, policy_b = _models(ctx, model_a, model_b)
+    seed = 2 * ctx.store.count_pairs()
+    for attempt in range(3):  # identical sides give no pair: try other seeds
+        config = PairConfig(seed=seed + 7919 * attempt, batch_size=1)
+        for draft in stream_pair(record, policy, config, policy_b, (model_a, model_b), lock=ctx.model_lock):
+            if not draft.done:
+                yield Shown(record.text, draft.text_a, draft.text_b, note)
+        if draft.pair is not None:
+            ctx.store.add_pairs([draft.pair])
+            yield Shown.stored(draft.pair, note)
+            return
+    raise InputError(SAME_TWICE)
 
 
 def next_prompts(ctx: AppContext, n: int) -> list[PromptRecord]:
@@ -102,6 +142,13 @@ def pair_for_prompt(ctx: AppContext, text, model_a: str | None = None, model_b: 
     return generate_pairs(ctx, [typed_prompt_record(text)], model_a, model_b)[0]
 
 
+def stream_pair_for_prompt(ctx: AppContext, text, model_a: str | None = None,
+                           model_b: str | None = None) -> Iterator[Shown]:
+    """pair_for_prompt, streamed."""
+    record = typed_prompt_record(text)  # checked before anything is generated
+    return stream_new_pair(ctx, record, model_a, model_b, "your prompt")
+
+
 def reward_margins(ctx: AppContext, pairs: list[Pair]) -> dict[str, float] | None:
     """|r_A - r_B| per pair under the current reward model (cached per model version); None without one."""
     rm, version = ctx.reward_model(), ctx.reward_version()
@@ -117,18 +164,19 @@ def reward_margins(ctx: AppContext, pairs: list[Pair]) -> dict[str, float] | Non
     return {p.pair_id: ctx.margins[(version, p.pair_id)] for p in pairs}
 
 
-def next_pair(ctx: AppContext, annotator: str, active: bool = False, model_a: str | None = None,
-              model_b: str | None = None) -> tuple[Pair, str]:
-    """The pair to show next, and a note on why.
+def stream_next_pair(ctx: AppContext, annotator: str, active: bool = False, model_a: str | None = None,
+                     model_b: str | None = None) -> Iterator[Shown]:
+    """The pair to show next, streamed when it has to be written first; the last update holds the stored pair.
 
-    Default models: the oldest pair this annotator has not labelled, or new ones from the prompt set. With `active`
+    Default models: the oldest pair this annotator has not labelled, or a new one from the prompt set. With `active`
     and a reward model: the unlabelled pair the RM is least sure about (smallest |r_A - r_B|). Other models: always
     a new pair from them.
     """
     annotator = check_annotator(annotator)
     default = ctx.policy.name
     if (model_a or default) != default or (model_b or model_a or default) != default:
-        return generate_pairs(ctx, next_prompts(ctx, 1), model_a, model_b)[0], f"new pair: {model_a} vs {model_b}"
+        yield from stream_new_pair(ctx, next_prompts(ctx, 1)[0], model_a, model_b, f"new pair: {model_a} vs {model_b}")
+        return
     if active and ctx.has_reward_model():
         pool = ctx.store.next_unlabelled(annotator, limit=64)
         if len(pool) < ACTIVE_POOL:
@@ -136,12 +184,21 @@ def next_pair(ctx: AppContext, annotator: str, active: bool = False, model_a: st
             pool = ctx.store.next_unlabelled(annotator, limit=64)
         margins = reward_margins(ctx, pool)
         pair = min(pool, key=lambda p: margins[p.pair_id])
-        return pair, f"active selection: the reward model's least sure of {len(pool)} unlabelled pairs"
+        yield Shown.stored(pair, f"active selection: the reward model's least sure of {len(pool)} unlabelled pairs")
+        return
     pool = ctx.store.next_unlabelled(annotator, limit=1)
     if pool:
-        return pool[0], ""
-    pairs = generate_pairs(ctx, next_prompts(ctx, PREFETCH))
-    return pairs[0], ""
+        yield Shown.stored(pool[0])
+        return
+    yield from stream_new_pair(ctx, next_prompts(ctx, 1)[0])
+
+
+def next_pair(ctx: AppContext, annotator: str, active: bool = False, model_a: str | None = None,
+              model_b: str | None = None) -> tuple[Pair, str]:
+    """stream_next_pair, whole: the pair to show next and a note on why."""
+    for shown in stream_next_pair(ctx, annotator, active, model_a, model_b):
+        pass
+    return shown.pair, shown.note
 
 
 def pair_payload(pair: Pair) -> dict:

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
@@ -44,7 +46,17 @@ SHORTCUTS_JS = """
 
 
 def _guarded(fn):
-    """Client errors become a gr.Error (shown to the person); nothing has been written when one is raised."""
+    """Client errors become a gr.Error (shown to the person); nothing has been written when one is raised.
+    Generator handlers (streamed outputs) stay generators, so Gradio streams what they yield."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except InputError as error:
+                raise gr.Error(str(error)) from None
+        return stream
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -67,9 +79,13 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
     heldout = [r.text for r in builtin_prompts("heldout")[:8]]
 
     # -- Rank -------------------------------------------------------------------------------------------------
-    def show(pair, note=""):
-        view = ranking.RankView.showing(pair, note)
-        return view, pair.prompt_text, pair.completion_a, pair.completion_b, note
+    n_pair_outputs = 5 + len(ranking.CHOICE_NAMES)  # view, prompt, A, B, note, one vote button per choice
+
+    def show(shown: ranking.Shown):
+        """The Rank tab's pair outputs; the vote buttons are enabled only once the pair is complete and stored."""
+        view = ranking.RankView.showing(shown.pair, shown.note) if shown.pair is not None else None
+        voting = gr.update(interactive=shown.pair is not None)
+        return (view, shown.prompt, shown.text_a, shown.text_b, shown.note, *[voting] * len(ranking.CHOICE_NAMES))
 
     def on_load(typed_name, request: gr.Request):
         name = _annotator(request, typed_name or "annotator")
@@ -80,10 +96,11 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
 
     def on_next(view, typed_name, active, model_a, model_b, request: gr.Request):
         if view is not None and view.pair_id is not None:  # a pair is on screen (e.g. a vote was refused)
-            return (gr.skip(),) * 5
+            yield (gr.skip(),) * n_pair_outputs
+            return
         name = _annotator(request, typed_name)
-        pair, note = ranking.next_pair(ctx, name, bool(active), model_a, model_b)
-        return show(pair, note)
+        for shown in ranking.stream_next_pair(ctx, name, bool(active), model_a, model_b):
+            yield show(shown)
 
     def vote_handler(choice):
         def on_vote(view, typed_name, request: gr.Request):
@@ -94,10 +111,11 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         name = _annotator(request, typed_name)
         if view is None or view.pair_id is None:
             gr.Warning("The next pair is still loading.")
-            return gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * (3 + len(ranking.CHOICE_NAMES))
         _label, reveal = ranking.submit_label(ctx, view.pair_id, choice, name, view.submission_id(choice), reveal=True)
+        voting = gr.update(interactive=False)  # until the next pair is complete
         return (ranking.RankView(None, view.token), ranking.reveal_markdown(reveal, ctx.has_reward_model()),
-                ranking.progress_markdown(ranking.progress(ctx, name)))
+                ranking.progress_markdown(ranking.progress(ctx, name)), *[voting] * len(ranking.CHOICE_NAMES))
 
     def on_undo(view, typed_name, request: gr.Request):
         name = _annotator(request, typed_name)
@@ -105,12 +123,13 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         label = ranking.undo_last(ctx, name, f"{token}:undo")
         progress = ranking.progress_markdown(ranking.progress(ctx, name))
         if label is None:
-            return (gr.skip(),) * 5 + ("Nothing to undo.", progress)
-        pair = ctx.store.get_pair(label.pair_id)
-        return (*show(pair, "undone: vote on this pair again"), "Your last label was withdrawn.", progress)
+            return (gr.skip(),) * n_pair_outputs + ("Nothing to undo.", progress)
+        shown = ranking.Shown.stored(ctx.store.get_pair(label.pair_id), "undone: vote on this pair again")
+        return (*show(shown), "Your last label was withdrawn.", progress)
 
     def on_typed(text, model_a, model_b):
-        return show(ranking.pair_for_prompt(ctx, text, model_a, model_b), "your prompt")
+        for shown in ranking.stream_pair_for_prompt(ctx, text, model_a, model_b):
+            yield show(shown)
 
     # -- Reward model ---------------------------------------------------------------------------------------------
     def rm_poll(seen):
@@ -177,6 +196,14 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
             ctx, ranking.next_prompts(ctx, 1))[0]
         return ranking.pair_payload(pair)
 
+    def api_stream_pair(prompt: str) -> Iterator[dict]:
+        """A new pair, streamed: both sides as they grow, with "pair_id" null until the pair is complete and stored."""
+        shown_so_far = (ranking.stream_pair_for_prompt(ctx, prompt) if prompt
+                        else ranking.stream_new_pair(ctx, ranking.next_prompts(ctx, 1)[0]))
+        for shown in shown_so_far:
+            yield {"pair_id": shown.pair.pair_id if shown.pair is not None else None, "prompt": shown.prompt,
+                   "completion_a": shown.text_a, "completion_b": shown.text_b}
+
     def api_next_pair(annotator: str, request: gr.Request) -> dict:
         return ranking.pair_payload(ranking.next_pair(ctx, _annotator(request, annotator))[0])
 
@@ -211,7 +238,8 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                                         elem_classes="completion")
                 with gr.Row(elem_classes="vote-row"):
                     vote_buttons = {choice: gr.Button(f"{name}  [{key}]", elem_id=f"vote-{choice}",
-                                                      variant="primary" if choice in ("A", "B") else "secondary")
+                                                      variant="primary" if choice in ("A", "B") else "secondary",
+                                                      interactive=False)  # enabled once a pair is stored
                                     for (choice, name), key in zip(ranking.CHOICE_NAMES.items(), "12345")}
                     undo = gr.Button("Undo last  [u]", elem_id="undo-last", variant="stop")
                 note = gr.Markdown(elem_id="pair-note")
@@ -299,13 +327,14 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                 blind_rate = gr.Markdown(compare.win_rate_markdown(votes.win_rate()))
 
         # -- wiring ---------------------------------------------------------------------------------------------
-        pair_outputs = [view, prompt_box, side_a, side_b, note]
+        voting = list(vote_buttons.values())
+        pair_outputs = [view, prompt_box, side_a, side_b, note, *voting]
         next_inputs = [view, annotator, active, model_a, model_b]
         demo.load(None, js=SHORTCUTS_JS)
         demo.load(_guarded(on_load), [annotator], [annotator, progress, model_a, model_b], **private, **light) \
             .then(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
         for choice, button in vote_buttons.items():
-            button.click(_guarded(vote_handler(choice)), [view, annotator], [view, reveal, progress],
+            button.click(_guarded(vote_handler(choice)), [view, annotator], [view, reveal, progress, *voting],
                          **private, **light) \
                 .success(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
         undo.click(_guarded(on_undo), [view, annotator], [*pair_outputs, reveal, progress], **private, **light)
@@ -341,6 +370,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
 
         gr.api(_guarded(api_label), api_name="label", queue=False)  # a fast SQLite commit: skip the queue round trip
         gr.api(_guarded(api_new_pair), api_name="new_pair", **model)
+        gr.api(_guarded(api_stream_pair), api_name="stream_pair", **model)
         gr.api(_guarded(api_next_pair), api_name="next_pair", **model)
         gr.api(_guarded(api_progress), api_name="progress", **light)
         gr.api(_guarded(api_score), api_name="score", **light)

@@ -1,12 +1,19 @@
+import copy
+import threading
+import time
+
 import pytest
 import torch
 
 from workbench.generation import (
     SamplingConfig,
+    _RowStreamer,
     completion_logprobs,
     format_prompt,
     generate,
+    generate_stream,
     perplexity,
+    prepack_for_decoding,
     text_logprobs,
 )
 
@@ -78,3 +85,56 @@ def test_perplexity_prefers_fluent_text(smollm2):
     tokens, logprobs = text_logprobs(model, tokenizer, "Hello world, how are you?")
     assert len(tokens) == len(logprobs) > 3
     assert 1 < fluent < shuffled
+
+
+def test_stream_grows_every_row_then_ends_with_exactly_what_generate_returns(tiny_policy):
+    model, tokenizer = tiny_policy
+    config = SamplingConfig(max_new_tokens=12, temperature=1.0, seed=3, batch_size=2)
+    whole = generate(model, tokenizer, PROMPTS[:2], config)
+    updates = list(generate_stream(model, tokenizer, PROMPTS[:2], config))
+    partial, last = updates[:-1], updates[-1]
+    assert len(partial) >= 2 and all(u.completions is None and len(u.texts) == 2 for u in partial)
+    assert partial[0].texts != partial[-1].texts  # the texts grew while decoding
+    assert last.completions == whole and last.texts == [c.text for c in whole]
+
+
+def test_streamer_ignores_the_prompt_and_stops_each_row_at_its_eos(tiny_policy):
+    _, tokenizer = tiny_policy
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    word = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    published = []
+    streamer = _RowStreamer(tokenizer, 2, [eos], published.append)
+    streamer.put(torch.tensor([word * 3, word * 3]))  # (B, T): the prompt, as generate() sends it first
+    assert published == []
+    for step in ([word[0], word[0]], [eos, word[0]], [pad, word[0]]):  # row 0 ends, then gets padding
+        streamer.put(torch.tensor(step))
+    assert streamer.ids == [[word[0], eos], [word[0]] * 3] and streamer.finished == [True, False]
+    assert published[-1].texts == [tokenizer.decode([word[0]]).strip(), tokenizer.decode([word[0]] * 3).strip()]
+
+
+def test_closing_a_stream_stops_decoding_and_frees_its_lock(tiny_policy):
+    model, tokenizer = tiny_policy
+    lock = threading.Lock()
+    stream = generate_stream(model, tokenizer, PROMPTS[:2], SamplingConfig(max_new_tokens=2000, batch_size=2),
+                             lock=lock)
+    first = next(stream)
+    assert lock.locked() and first.completions is None
+    started = time.perf_counter()
+    stream.close()  # e.g. the browser tab was closed
+    assert not lock.locked() and time.perf_counter() - started < 5
+    with pytest.raises(ValueError, match="one batch"):
+        next(generate_stream(model, tokenizer, PROMPTS, SamplingConfig(batch_size=2)))
+
+
+def test_prepacked_linears_compute_the_same_function(tiny_policy):
+    model, tokenizer = tiny_policy
+    packed = copy.deepcopy(model)
+    assert prepack_for_decoding(packed, rows=2) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert set(packed.state_dict()) == set(model.state_dict())  # checkpoints are unchanged
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.inference_mode():
+        for inputs in (ids, ids[:, :1]):  # the prefill (plain weights) and a decoding step (packed weights)
+            torch.testing.assert_close(packed(inputs).logits, model(inputs).logits, rtol=1e-4, atol=1e-5)
+    config = SamplingConfig(max_new_tokens=16, temperature=0, batch_size=2)
+    assert [c.token_ids for c in generate(packed, tokenizer, PROMPTS[:2], config)] == \
+        [c.token_ids for c in generate(model, tokenizer, PROMPTS[:2], config)]

@@ -29,10 +29,14 @@ def labels_shown(page) -> int:
 
 
 def wait_for_pair(page, previous_a: str | None = None) -> str:
-    """Wait until side A shows a completion (a different one than `previous_a`) and return it."""
+    """Wait until a complete pair is shown (a different one than `previous_a`) and return side A.
+
+    Sides stream in token by token with the vote buttons disabled; they are enabled once the pair is stored."""
     page.wait_for_function(
         "(previous) => { const t = document.querySelector('#side-a textarea');"
-        " return t && t.value.length > 0 && t.value !== previous; }", arg=previous_a or "", timeout=TIMEOUT_MS)
+        " const b = document.querySelector('#vote-A');"
+        " return t && t.value.length > 0 && t.value !== previous && b && !b.disabled; }",
+        arg=previous_a or "", timeout=TIMEOUT_MS)
     return page.locator("#side-a textarea").input_value()
 
 

@@ -33,6 +33,18 @@ def test_new_pair_then_twenty_labels_land_in_the_store(served_app, seeded_pairs)
     assert c.predict("twenty", api_name="/progress")["mine"] == 20
 
 
+def test_stream_pair_sends_both_sides_as_they_grow_then_the_stored_pair(served_app):
+    c = client(served_app.url)
+    updates = list(c.submit("Describe a windmill.", api_name="/stream_pair"))
+    *partial, last = updates
+    assert len(partial) >= 2 and all(u["pair_id"] is None for u in partial)  # not votable while being written
+    assert partial[0]["completion_a"] and partial[0]["completion_b"]
+    pair = served_app.ctx.store.get_pair(last["pair_id"])
+    assert (last["completion_a"], last["completion_b"]) == (pair.completion_a, pair.completion_b)
+    label = c.predict(last["pair_id"], "B", "streamer", uuid.uuid4().hex, api_name="/label")
+    assert label["pair_id"] == pair.pair_id
+
+
 def test_eight_concurrent_clients_write_exactly_their_labels(served_app, seeded_pairs):
     store = served_app.ctx.store
     before = store.count_labels()

@@ -21,6 +21,24 @@ def test_next_pair_stores_pairs_and_moves_on_after_a_label(ctx):
     assert set(ranking.pair_payload(pair)) == {"pair_id", "prompt", "completion_a", "completion_b"}  # no model names
 
 
+def test_a_new_pair_streams_side_by_side_and_is_stored_only_when_complete(ctx):
+    updates = []
+    for shown in ranking.stream_next_pair(ctx, "ann"):
+        updates.append((shown, ctx.store.count_pairs()))
+    *partial, (last, stored) = updates
+    assert len(partial) >= 2 and all(s.pair is None and n == 0 for s, n in partial)  # nothing to label yet
+    assert partial[0][0].text_a and partial[0][0].text_b  # both sides from the first step on
+    assert stored == 1 and ctx.store.get_pair(last.pair.pair_id) == last.pair
+    assert (last.text_a, last.text_b) == (last.pair.completion_a, last.pair.completion_b)
+    again = list(ranking.stream_next_pair(ctx, "ann"))  # unlabelled: shown again, whole, without generating
+    assert len(again) == 1 and again[0].pair == last.pair and ctx.store.count_pairs() == 1
+    typed = list(ranking.stream_pair_for_prompt(ctx, "Describe a quiet harbour at dawn."))
+    assert typed[-1].pair.prompt == "Describe a quiet harbour at dawn." and typed[-1].note == "your prompt"
+    with pytest.raises(InputError, match="limit is 2,000"):
+        next(ranking.stream_pair_for_prompt(ctx, "x" * 1_000_000))
+    assert ctx.store.count_pairs() == 2
+
+
 def test_a_resent_submission_is_one_label_and_undo_withdraws_it(ctx):
     pair, _ = ranking.next_pair(ctx, "ann")
     first, _ = ranking.submit_label(ctx, pair.pair_id, "B", "ann", "tok:B")

@@ -10,11 +10,11 @@ from workbench.preferences.io import (
     to_jsonl,
     to_parquet,
 )
-from workbench.preferences.pairs import PairConfig, make_pairs
+from workbench.preferences.pairs import PairConfig, PairDraft, make_pairs, stream_pair
 from workbench.preferences.schema import CHOICES, UNDO, Label, Pair
 from workbench.preferences.store import PreferenceStore, cohens_kappa
 
 __all__ = [
-    "CHOICES", "UNDO", "PairConfig", "make_pairs", "ImportReport", "Label", "Pair", "PreferenceImportError", "PreferenceStore", "RowError",
+    "CHOICES", "UNDO", "PairConfig", "PairDraft", "make_pairs", "stream_pair", "ImportReport", "Label", "Pair", "PreferenceImportError", "PreferenceStore", "RowError",
     "cohens_kappa", "export_preferences", "import_preferences", "to_csv", "to_jsonl", "to_parquet",
 ]

@@ -1,6 +1,7 @@
 """Pairs of completions for the same prompt, ready to be ranked by a person or a simulated labeler.
 
-Two sources: two samples of one policy (drawn in one batch), or one sample each from two policies.
+Two sources: two samples of one policy (drawn in one batch), or one sample each from two policies; whole
+(`make_pairs`, many prompts) or streamed token by token (`stream_pair`, one prompt, for the app).
 Sides are shown in a random (recorded) order so position bias can be measured.
 """
 
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 from tqdm.auto import tqdm
 
 from workbench.data import PromptRecord
-from workbench.generation import SamplingConfig, generate
+from workbench.generation import Completion, SamplingConfig, generate, generate_stream
 from workbench.preferences.schema import Pair
 
 
@@ -48,13 +50,27 @@ def make_pairs(prompts: list[PromptRecord], policy, config: PairConfig | None = 
         else:
             first += generate(*policy, chunk, _sampling(config, config.seed + 2 * start))
             second += generate(*policy_b, chunk, _sampling(config, config.seed + 2 * start + 1))
-    order = random.Random(config.seed)
+    return assemble_pairs(prompts, first, second, config, model_names)
+
+
+def side_orders(seed: int) -> Iterator[bool]:
+    """One fair coin per kept pair, drawn from `seed`: True shows the second sample on the left (A)."""
+    order = random.Random(seed)
+    while True:
+        yield order.random() < 0.5
+
+
+def assemble_pairs(prompts: list[PromptRecord], first: list[Completion], second: list[Completion],
+                   config: PairConfig, model_names: tuple[str, str]) -> list[Pair]:
+    """Pairs from two samples per prompt, sides in random order (`side_orders(config.seed)`); pairs whose two sides
+    are identical or empty are dropped."""
+    orders = side_orders(config.seed)
     settings = asdict(config)
     pairs = []
     for record, one, two in zip(prompts, first, second):
         if one.text == two.text or not one.text or not two.text:
             continue
-        swapped = order.random() < 0.5  # True: the second sample is shown on the left (A)
+        swapped = next(orders)
         (a, model_a), (b, model_b) = ((two, model_names[1]), (one, model_names[0])) if swapped else (
             (one, model_names[0]), (two, model_names[1]))
         pairs.append(Pair(
@@ -63,3 +79,41 @@ def make_pairs(prompts: list[PromptRecord], policy, config: PairConfig | None = 
             swapped=swapped, generation=settings, prompt_id=record.id, created_at=time.time(),
         ))
     return pairs
+
+
+@dataclass
+class PairDraft:
+    """What `stream_pair` yields: both sides as displayed (A left, B right) while they are being written."""
+
+    text_a: str
+    text_b: str
+    done: bool = False  # decoding has finished
+    pair: Pair | None = None  # when done: the pair, or None when its sides came out identical or empty
+
+
+def stream_pair(record: PromptRecord, policy, config: PairConfig | None = None, policy_b=None,
+                model_names: tuple[str, str] = ("policy", "policy"), lock=None) -> Iterator[PairDraft]:
+    """`make_pairs` for one prompt, streamed: the same pair for the same config, its sides growing token by token.
+
+    One policy: both samples in one batch, streamed side by side. Two policies: one side after the other. `lock` is
+    held while a model decodes (see `generate_stream`)."""
+    config = config or PairConfig()
+    swapped = next(side_orders(config.seed))  # the coin assemble_pairs will draw for this (only) pair
+
+    def draft(one: str, two: str) -> PairDraft:
+        return PairDraft(two, one) if swapped else PairDraft(one, two)
+
+    if policy_b is None:
+        sampling = replace(_sampling(config, config.seed), batch_size=2)
+        for update in generate_stream(*policy, [record.prompt] * 2, sampling, lock=lock):
+            yield draft(*update.texts)
+        first, second = update.completions
+    else:
+        for update in generate_stream(*policy, [record.prompt], _sampling(config, config.seed), lock=lock):
+            yield draft(update.texts[0], "")
+        first = update.completions[0]
+        for update in generate_stream(*policy_b, [record.prompt], _sampling(config, config.seed + 1), lock=lock):
+            yield draft(first.text, update.texts[0])
+        second = update.completions[0]
+    pairs = assemble_pairs([record], [first], [second], config, model_names)
+    yield replace(draft(first.text, second.text), done=True, pair=pairs[0] if pairs else None)

@@ -122,6 +122,7 @@ def pretrain(config: PretrainConfig, out: str | Path) -> PretrainResult:
         report_to="none",
         seed=config.seed,
         bf16=config.bf16,
+        gradient_checkpointing=False,  # TRL's default is True; a tiny model needs no activation recompute
         max_length=config.seq_len,
         packing=True,
         packing_strategy="wrapped",  # classic pretraining: concatenate everything, cut into equal blocks

@@ -31,6 +31,7 @@ class SFTRunConfig:
     max_length: int = 256
     seed: int = 0
     bf16: bool = False
+    gradient_checkpointing: bool = False  # TRL 1.16 turns it on by default: ~1/3 more compute to save memory
     logging_steps: int = 5
 
     def __post_init__(self) -> None:
@@ -83,6 +84,7 @@ def supervised_finetune(config: SFTRunConfig, out: str | Path) -> dict:
         report_to="none",
         seed=config.seed,
         bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,  # TRL's default is True
         max_length=config.max_length,
         use_cpu=not torch.cuda.is_available(),
     )

@@ -34,6 +34,7 @@ class RewardModelConfig:
     val_fraction: float = 0.2  # held-out share, chosen by a hash of the pair's texts (stable across runs)
     seed: int = 0
     bf16: bool = False  # bf16 autocast during training
+    gradient_checkpointing: bool = False  # TRL 1.16 turns it on by default: ~1/3 more compute to save memory
     center_rewards_coefficient: float | None = 0.01  # keeps scores near 0 (Eisenstein et al. 2023)
     save_steps: int = 50  # checkpoint every N steps (safetensors + optimizer state), for resume
     save_checkpoints: bool = True  # False: only the final model (learning curves, quick experiments)
@@ -120,6 +121,7 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
         report_to="none",
         seed=config.seed,
         bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,  # TRL's default is True
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,

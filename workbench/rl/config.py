@@ -27,6 +27,8 @@ class RLConfig:
     oracle: str | None = "upbeat-concise"  # gold labeler logged next to the proxy (weight 0); None to skip
     seed: int = 0
     bf16: bool = False  # bf16 autocast (only worth it on CPUs with native bf16 math, or GPUs)
+    gradient_checkpointing: bool = False  # TRL 1.16 turns it on by default: recomputes activations (slower steps)
+    # to save memory, which only pays off when the policy barely fits
     save_steps: int = 10  # checkpoint every N steps (safetensors + optimizer + RNG state)
     logging_steps: int = 1
     resume: bool = False  # continue from the last complete checkpoint in <out>/rl/checkpoints

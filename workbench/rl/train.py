@@ -84,6 +84,7 @@ def _common_args(config: RLConfig, output_dir: Path) -> dict:
         report_to="none",
         seed=config.seed,
         bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,  # TRL's default is True
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         model_init_kwargs={"dtype": "bfloat16" if config.bf16 and torch.cuda.is_available() else "float32"},

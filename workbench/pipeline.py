@@ -25,14 +25,16 @@ class PipelinePreset:
     pair_batch_size: int = 16
     rm_epochs: float = 3.0
     algo: str = "rloo"
-    rl_steps: int = 20
+    rl_steps: int = 16
     beta: float = 0.05
-    learning_rate: float = 5e-5  # few steps on CPU: a larger step than the 1e-5 default of longer runs
-    prompts_per_step: int = 2
+    # Measured at 5e-5 with 8 samples a step: KL 6 nats by step 10 for little proxy gain (Adam's steps on a noisy
+    # gradient are mostly drift). So a smaller step on a less noisy gradient: 16 samples a step at 2e-5.
+    learning_rate: float = 2e-5
+    prompts_per_step: int = 4
     num_generations: int = 4
     max_new_tokens: int = 40  # ~30 words, the top of the gold labeler's length window
     lora: bool = False
-    save_steps: int = 10  # the step-10 checkpoint becomes a point on the over-optimisation plot
+    save_steps: int = 8  # the step-8 checkpoint becomes a point on the over-optimisation plot
     eval_prompts: int = 40
     bon_prompts: int = 8
     bon_max_n: int = 8

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,15 @@ CSS = """
 .vote-row button { min-width: 8rem; }
 """
 LABEL_WRITERS = 8  # label events run in parallel (SQLite serialises the writes); model events run one at a time
+# Intra-op threads of the app process. Decoding a pair is memory-bound, and the app shares the cores with the
+# training jobs it starts: measured on 2 cores next to a training process, one decoding step of the default policy
+# took ~0.15 s with 1 thread and ~3.7 s with 2 (OpenMP workers wait on each other whenever one is descheduled).
+APP_TORCH_THREADS = 1
+# After every event Gradio's queue summarises its recorded events in a pandas DataFrame (for the monitoring page,
+# which is off here): by default over up to 10,000 events, every event, so each label paid for the ones before it
+# (profiled: ~7% of the server's CPU after ~1,000 labels, growing). Keep 100 and summarise every 1,000 events:
+# 8 label clients on a busy 2-core machine went from p50/p95 187/271 ms to 128/201 ms.
+GRADIO_QUEUE_ANALYTICS = {"GRADIO_ANALYTICS_MAX_EVENTS": "100", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
 JOB_POLL_S = 2.0
 # Keyboard shortcuts of the Rank tab: 1/a, 2/b, 3/t, 4/x, 5/s, u = undo. Ignored while typing in a field.
 SHORTCUTS = {"1": "vote-A", "a": "vote-A", "2": "vote-B", "b": "vote-B", "3": "vote-tie", "t": "vote-tie",
@@ -368,7 +378,8 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
             button.click(_guarded(blind_vote_handler(choice)), [blind_state, annotator],
                          [blind_result, blind_rate, blind_state], **private, **light)
 
-        gr.api(_guarded(api_label), api_name="label", queue=False)  # a fast SQLite commit: skip the queue round trip
+        # queue=False also opens POST /gradio_api/run/label to plain HTTP clients (gradio_client always queues)
+        gr.api(_guarded(api_label), api_name="label", queue=False)
         gr.api(_guarded(api_new_pair), api_name="new_pair", **model)
         gr.api(_guarded(api_stream_pair), api_name="stream_pair", **model)
         gr.api(_guarded(api_next_pair), api_name="next_pair", **model)
@@ -381,6 +392,8 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
           prevent_thread_lock: bool = False, quiet: bool = False):
     """Launch with the secure defaults: no share link, no monitoring, capped uploads, run directory not served."""
+    for name, value in GRADIO_QUEUE_ANALYTICS.items():  # read when the queue is created
+        os.environ.setdefault(name, value)
     demo.queue(default_concurrency_limit=1, max_size=512)
     return demo.launch(server_name=host, server_port=port, share=False, auth=auth or None, theme=THEME, css=CSS,
                        enable_monitoring=False, max_file_size="1mb", show_error=True, ssr_mode=False, mcp_server=False,
@@ -391,8 +404,11 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth: list
 def launch(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POLICY,
            reward_backbone: str = DEFAULT_REWARD_BACKBONE, host: str = "127.0.0.1", port: int = 7860,
            auth: list[tuple[str, str]] | None = None, prevent_thread_lock: bool = False):
+    import torch
+
     from workbench.models import describe_models, prepare_offline_copy
 
+    torch.set_num_threads(APP_TORCH_THREADS)
     ready = {row["name"]: row["offline_ready"] for row in describe_models()}
     for name in (policy_name, reward_backbone):
         if name in ready and not ready[name]:

@@ -18,6 +18,8 @@ def client(url, **kwargs) -> Client:
 def test_page_is_served_on_loopback(served_app):
     html = urllib.request.urlopen(served_app.url, timeout=10).read().decode()
     assert "RLHF workbench" in html and served_app.url.startswith("http://127.0.0.1:")
+    queue = served_app.demo._queue  # the per-event analytics summary stays small (see GRADIO_QUEUE_ANALYTICS)
+    assert queue.ANALYTICS_MAX_EVENTS <= 100 and queue.ANAYLTICS_CACHE_FREQUENCY >= 1000
 
 
 def test_new_pair_then_twenty_labels_land_in_the_store(served_app, seeded_pairs):

@@ -124,7 +124,7 @@ def start_rl_run(out: Path, timeout_s: float) -> tuple[subprocess.Popen, bool]:
     deadline = time.time() + timeout_s
     metrics = out / "metrics.jsonl"
     while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and '"rl/' in metrics.read_text():
+        if metrics.exists() and '"stage": "rl"' in metrics.read_text():  # a logged RL step
             return process, True
         time.sleep(2)
     return process, False

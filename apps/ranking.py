@@ -90,15 +90,21 @@ def _models(ctx: AppContext, model_a: str | None, model_b: str | None) -> tuple[
     return model_a, model_b, ctx.model_for(model_a), ctx.model_for(model_b) if model_b != model_a else None
 
 
+def attempt_seeds(ctx: AppContext, attempts: int = 3) -> list[int]:
+    """Seeds for a new pair: fresh samples every time, reproducible from the store's size; pairs whose sides come
+    out identical are dropped, so a few more seeds to try."""
+    seed = 2 * ctx.store.count_pairs()
+    return [seed + 7919 * attempt for attempt in range(attempts)]
+
+
 def generate_pairs(ctx: AppContext, records: list[PromptRecord], model_a: str | None = None,
                    model_b: str | None = None) -> list[Pair]:
     """make_pairs on these prompts with the chosen models (default: two samples of the policy), then store them."""
     model_a, model_b, policy, policy_b = _models(ctx, model_a, model_b)
-    seed = 2 * ctx.store.count_pairs()  # new samples every time, reproducible from the store's size
     pairs: list[Pair] = []
     with ctx.model_lock:
-        for attempt in range(3):  # identical sides are dropped by make_pairs: try other seeds
-            config = PairConfig(seed=seed + 7919 * attempt, batch_size=len(records))
+        for seed in attempt_seeds(ctx):
+            config = PairConfig(seed=seed, batch_size=len(records))
             pairs = make_pairs(records, policy, config, policy_b=policy_b, model_names=(model_a, model_b))
             if pairs:
                 break
@@ -113,9 +119,8 @@ def stream_new_pair(ctx: AppContext, record: PromptRecord, model_a: str | None =
     """generate_pairs for one prompt, streamed: both sides grow side by side (one batched decode). The pair is
     stored before the last update, the only one whose `pair` is set, so a label can only name a stored pair."""
     model_a, model_b, policy, policy_b = _models(ctx, model_a, model_b)
-    seed = 2 * ctx.store.count_pairs()
-    for attempt in range(3):  # identical sides give no pair: try other seeds
-        config = PairConfig(seed=seed + 7919 * attempt, batch_size=1)
+    for seed in attempt_seeds(ctx):
+        config = PairConfig(seed=seed, batch_size=1)
         for draft in stream_pair(record, policy, config, policy_b, (model_a, model_b), lock=ctx.model_lock):
             if not draft.done:
                 yield Shown(record.text, draft.text_a, draft.text_b, note)

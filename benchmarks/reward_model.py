@@ -53,20 +53,33 @@ def eval_rows(policy, labeler: SimulatedLabeler, n: int, config: PairConfig) -> 
     return rows
 
 
-def scoring_throughput(rm: RewardModel, rows: list[dict]) -> dict:
+def scoring_throughput(model_dir: str, rows: list[dict]) -> dict:
+    """Texts/s of `RewardModel.score` as loaded (bf16 weights on CPUs with native bf16 math), next to fp32 batched
+    and fp32 one-at-a-time in the same run, and how often bf16 orders each held-out pair as fp32 does."""
     prompts = [r["prompt"] for r in rows] * 2
     texts = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
-    rm.score(prompts[:8], texts[:8])  # warm-up
-    started = time.perf_counter()
-    rm.score(prompts, texts)
-    batched = len(texts) / (time.perf_counter() - started)
+
+    def timed(rm: RewardModel) -> tuple[float, list[float]]:
+        rm.score(prompts[:8], texts[:8])  # warm-up
+        started = time.perf_counter()
+        scores = rm.score(prompts, texts)
+        return len(texts) / (time.perf_counter() - started), scores
+
+    default_rm, fp32_rm = RewardModel.load(model_dir), RewardModel.load(model_dir, bf16=False)
+    batched, scores = timed(default_rm)
+    fp32_batched, fp32_scores = timed(fp32_rm)
     subset = min(64, len(texts))
     started = time.perf_counter()
     for p, t in zip(prompts[:subset], texts[:subset]):
-        rm.score([p], [t])
+        fp32_rm.score([p], [t])
     single = subset / (time.perf_counter() - started)
-    return {"texts_per_s": round(batched, 1), "one_at_a_time_texts_per_s": round(single, 1),
-            "ratio": round(batched / single, 2), "n_texts": len(texts)}
+    n = len(rows)
+    same_order = [(scores[i] > scores[n + i]) == (fp32_scores[i] > fp32_scores[n + i]) for i in range(n)]
+    return {"texts_per_s": round(batched, 1), "bf16": default_rm.bf16, "fp32_texts_per_s": round(fp32_batched, 1),
+            "fp32_one_at_a_time_texts_per_s": round(single, 1), "ratio_vs_fp32": round(batched / fp32_batched, 2),
+            "ratio_vs_one_at_a_time": round(batched / single, 2), "n_texts": len(texts),
+            "pair_order_agreement_with_fp32": round(sum(same_order) / max(n, 1), 4),
+            "max_abs_score_diff_vs_fp32": round(max(abs(a - b) for a, b in zip(scores, fp32_scores)), 4)}
 
 
 def main() -> dict:
@@ -108,7 +121,7 @@ def main() -> dict:
     curve = reward_learning_curve(train, held_out, [s for s in sizes if s <= len(train)], config,
                                   os.path.join(args.out, "curve"))
     largest = os.path.join(args.out, "curve", f"n{curve[-1]['n_labels']}", "reward", "model")
-    throughput = scoring_throughput(RewardModel.load(largest), held_out)
+    throughput = scoring_throughput(largest, held_out)
     at_400 = next((row for row in curve if row["n_labels"] == 400), curve[-1])
     result = {
         "benchmark": "reward_model", "policy": "smollm2-135m-instruct", "backbone": config.backbone,

@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float)
     p.add_argument("--oracle", help="gold labeler for gold accuracy (default upbeat-concise)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
-    p.add_argument("--bf16", action="store_true", default=None)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on where bf16 math is native, e.g. AVX512-BF16 CPUs, bf16 GPUs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="RewardModelConfig as YAML/JSON")
     p.add_argument("--json", action="store_true")
@@ -362,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged when saved)")
-    p.add_argument("--bf16", action="store_true", default=None)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on where bf16 math is native, e.g. AVX512-BF16 CPUs, bf16 GPUs)")
     p.add_argument("--oracle", help="gold labeler logged next to the proxy (default upbeat-concise)")
     p.add_argument("--prefs", help="dpo: preference store to train on")
     p.add_argument("--dataset", help="dpo: or a preference dataset (.jsonl/.parquet/folder)")

@@ -19,7 +19,7 @@ from workbench.distributed import per_process, process_info
 from workbench.evaluation.metrics import Estimate
 from workbench.evaluation.reward_diagnostics import diagnose_reward_model
 from workbench.generation import completion_text
-from workbench.models import load_reward_backbone
+from workbench.models import load_reward_backbone, resolve_bf16
 from workbench.reward.score import MANIFEST, RewardModel, reward_text
 from workbench.runs import RunDir, write_json_atomic
 
@@ -33,7 +33,7 @@ class RewardModelConfig:
     max_length: int = 256  # tokens of prompt + completion; longer pairs are dropped and counted
     val_fraction: float = 0.2  # held-out share, chosen by a hash of the pair's texts (stable across runs)
     seed: int = 0
-    bf16: bool = False  # bf16 autocast during training
+    bf16: bool | None = None  # bf16 autocast; None = on where bf16 math is native (`models.resolve_bf16`)
     gradient_checkpointing: bool = False  # TRL 1.16 turns it on by default: ~1/3 more compute to save memory
     center_rewards_coefficient: float | None = 0.01  # keeps scores near 0 (Eisenstein et al. 2023)
     save_steps: int = 50  # checkpoint every N steps (safetensors + optimizer state), for resume
@@ -120,7 +120,7 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
         save_only_model=False,  # optimizer + RNG state too, so a resumed run continues exactly
         report_to="none",
         seed=config.seed,
-        bf16=config.bf16,
+        bf16=resolve_bf16(config.bf16),
         gradient_checkpointing=config.gradient_checkpointing,  # TRL's default is True
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,

@@ -26,7 +26,7 @@ class RLConfig:
     normalize_rewards: bool = True  # RM scores rescaled to mean 0, std 1 on the base policy's samples
     oracle: str | None = "upbeat-concise"  # gold labeler logged next to the proxy (weight 0); None to skip
     seed: int = 0
-    bf16: bool = False  # bf16 autocast (only worth it on CPUs with native bf16 math, or GPUs)
+    bf16: bool | None = None  # bf16 autocast; None = on where bf16 math is native (`models.resolve_bf16`)
     gradient_checkpointing: bool = False  # TRL 1.16 turns it on by default: recomputes activations (slower steps)
     # to save memory, which only pays off when the policy barely fits
     save_steps: int = 10  # checkpoint every N steps (safetensors + optimizer + RNG state)

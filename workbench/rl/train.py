@@ -24,7 +24,7 @@ from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptRecord, builtin_prompts
 from workbench.distributed import per_process, process_info
 from workbench.generation import completion_text
-from workbench.models import load_tokenizer, resolve_model
+from workbench.models import load_tokenizer, resolve_bf16, resolve_model
 from workbench.rl.config import RLConfig
 from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier
 from workbench.runs import RunDir, write_json_atomic
@@ -83,11 +83,11 @@ def _common_args(config: RLConfig, output_dir: Path) -> dict:
         save_only_model=False,  # optimizer and RNG state too: a resumed run continues exactly
         report_to="none",
         seed=config.seed,
-        bf16=config.bf16,
+        bf16=resolve_bf16(config.bf16),
         gradient_checkpointing=config.gradient_checkpointing,  # TRL's default is True
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        model_init_kwargs={"dtype": "bfloat16" if config.bf16 and torch.cuda.is_available() else "float32"},
+        model_init_kwargs={"dtype": "bfloat16" if resolve_bf16(config.bf16) and torch.cuda.is_available() else "float32"},
     )
 
 

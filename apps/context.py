@@ -20,6 +20,23 @@ DEFAULT_REWARD_BACKBONE = "minilm-l6"
 LABEL_TARGET = 200  # labels the progress line counts towards (a reward model learns something from ~200 pairs)
 
 
+def prepare_for_decoding(model, rows: int):
+    """The app's models decode in bf16 where bf16 math is native, else in fp32 with MKL-prepacked weights.
+
+    Measured on 2 AVX512-BF16 cores, one thread, a pair of 2 x 48 tokens of the default policy: 2.7 s in bf16 vs
+    3.8 s prepacked fp32 (4.9 s plain fp32); bf16 vs fp32 next-token distributions on fp32 samples: KL 0.0012
+    nats/token (p99 0.005), same top token 97 % of the time, so the pairs are still samples of the policy."""
+    import torch
+
+    from workbench.generation import prepack_for_decoding
+    from workbench.models import default_dtype
+
+    if model.device.type == "cpu" and default_dtype("cpu") == torch.bfloat16:
+        return model.to(torch.bfloat16)
+    prepack_for_decoding(model, rows=rows)  # fp32 only
+    return model
+
+
 @dataclass
 class LoadedPolicy:
     """A policy loaded once, shared read-only by every request."""
@@ -50,13 +67,12 @@ class AppContext:
              reward_backbone: str = DEFAULT_REWARD_BACKBONE, policy: LoadedPolicy | None = None,
              label_target: int = LABEL_TARGET) -> AppContext:
         from workbench.data import builtin_prompts
-        from workbench.generation import prepack_for_decoding
         from workbench.models import load_policy
 
         run = RunDir(Path(run_dir).expanduser().resolve())
         if policy is None:
             model, tokenizer = load_policy(policy_name)
-            prepack_for_decoding(model, rows=2)  # the two sides of a pair decode together
+            prepare_for_decoding(model, rows=2)  # the two sides of a pair decode together
             policy = LoadedPolicy(policy_name, model, tokenizer)
         return cls(run=run, store=PreferenceStore(run.root / "prefs.sqlite"), policy=policy,
                    reward_backbone=reward_backbone, label_target=label_target, prompts=builtin_prompts("train"),
@@ -118,12 +134,11 @@ class AppContext:
             cached = self._policies.get(choice)
             if cached is None or cached[0] != stamp:
                 from workbench.evaluation.report import load_checkpoint_policy
-                from workbench.generation import prepack_for_decoding
 
                 if len(self._policies) >= 2:  # keep memory bounded: at most two extra models
                     self._policies.pop(next(iter(self._policies)))
-                model = load_checkpoint_policy(path, self.policy.name)
-                prepack_for_decoding(model, rows=1)  # a second model writes its side alone
+                model = load_checkpoint_policy(path, self.policy.name)  # fp32: a LoRA merge is exact there
+                model = prepare_for_decoding(model, rows=1)  # a second model writes its side alone
                 self._policies[choice] = (stamp, model)
             return self._policies[choice][1], self.policy.tokenizer
 

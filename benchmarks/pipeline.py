@@ -22,14 +22,16 @@ from pathlib import Path
 import torch
 
 
-def plain_trl_step_time(policy: str, reward_dir: str, preset, out: Path, steps: int) -> float:
-    """Median step time of a plain TRL RLOOTrainer with the same policy, reward model and sampling settings."""
+def plain_trl_steps(policy: str, reward_dir: str, preset, out: Path, steps: int) -> list[dict]:
+    """Per-step time and mean completion length of a plain TRL RLOOTrainer with the same policy, reward model,
+    sampling and precision settings as the workbench's RL stage."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
     from workbench.data import builtin_prompts
-    from workbench.models import resolve_model
+    from workbench.models import resolve_bf16, resolve_model
+    from workbench.rl import RLConfig
     from workbench.rl.rewards import reward_chat_template
 
     rm = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
@@ -37,25 +39,44 @@ def plain_trl_step_time(policy: str, reward_dir: str, preset, out: Path, steps: 
     rm_tokenizer.chat_template = reward_chat_template(rm_tokenizer)  # TRL needs one for conversational samples
     policy_path = resolve_model(policy).path
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    times: list[float] = []
+    rows: list[dict] = []
 
     class StepTimes(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "step_time" in logs:
-                times.append(float(logs["step_time"]))
+                rows.append({"step_time": float(logs["step_time"]),
+                             "mean_length": float(logs.get("completions/mean_length", "nan"))})
 
     args = RLOOConfig(output_dir=str(out), max_steps=steps, learning_rate=preset.learning_rate, logging_steps=1,
                       save_strategy="no", report_to="none", seed=preset.seed, use_cpu=True,
                       per_device_train_batch_size=preset.prompts_per_step * preset.num_generations,
                       num_generations=preset.num_generations, max_completion_length=preset.max_new_tokens,
                       temperature=0.7, top_p=1.0, top_k=0, beta=preset.beta,
-                      bf16=False,  # TRL's configs default to bf16=True: ~7x slower steps on a CPU without bf16 units
+                      # the workbench's precision and checkpointing (TRL's defaults are bf16=True, which is ~7x
+                      # slower on a CPU without bf16 units, and gradient_checkpointing=True)
+                      bf16=resolve_bf16(preset.bf16), gradient_checkpointing=RLConfig.gradient_checkpointing,
                       model_init_kwargs={"dtype": "float32"})
     dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": r.text}] for r in builtin_prompts("train")]})
     trainer = RLOOTrainer(model=policy_path, reward_funcs=[rm], args=args, train_dataset=dataset,
                           processing_class=tokenizer, reward_processing_classes=[rm_tokenizer], callbacks=[StepTimes()])
     trainer.train()
-    return statistics.median(times[1:] or times)  # the first step includes warm-up
+    return rows
+
+
+def step_comparison(workbench_rows: list[dict], plain_rows: list[dict]) -> dict:
+    """Median step time over steps 2..k on both sides (step 1 includes warm-up), and the same per generated token:
+    both sample at the same settings, but after step 1 their samples (and so their lengths) differ."""
+    def medians(rows: list[dict]) -> tuple[float, float]:
+        steps = rows[1:] or rows
+        return (statistics.median(r["step_time"] for r in steps),
+                statistics.median(r["step_time"] / r["mean_length"] for r in steps))
+
+    (wb_step, wb_token), (plain_step, plain_token) = medians(workbench_rows), medians(plain_rows)
+    return {"workbench": round(wb_step, 2), "plain_trl": round(plain_step, 2), "ratio": round(wb_step / plain_step, 3),
+            "workbench_per_length_token": round(wb_token, 4), "plain_trl_per_length_token": round(plain_token, 4),
+            "ratio_per_length_token": round(wb_token / plain_token, 3),
+            "workbench_mean_lengths": [round(r["mean_length"], 1) for r in workbench_rows],
+            "plain_trl_mean_lengths": [round(r["mean_length"], 1) for r in plain_rows]}
 
 
 def main() -> dict:
@@ -66,6 +87,7 @@ def main() -> dict:
                         help="first steps compared (workbench vs plain TRL), step 1 excluded as warm-up")
     args = parser.parse_args()
 
+    from workbench.models import resolve_bf16
     from workbench.pipeline import get_preset, run_pipeline
     from workbench.runs import RunDir
 
@@ -74,13 +96,14 @@ def main() -> dict:
     preset = get_preset(args.preset)
     with contextlib.redirect_stdout(sys.stderr):  # trainer chatter off stdout: stdout carries one JSON line
         headline = run_pipeline(preset, out)
-        rl_rows = [r for r in RunDir(out).read_metrics("rl") if f"{preset.algo}/step_time" in r]
-        # the same phase of training on both sides: steps 2..k (step 1 includes warm-up; later steps' completion
-        # lengths drift as the policy learns, so a median over all steps would compare different workloads)
-        workbench_step = statistics.median([r[f"{preset.algo}/step_time"] for r in rl_rows[1:args.compare_steps]]
-                                           or [float("nan")])
-        plain_step = plain_trl_step_time(preset.policy, str(out / "reward" / "model"), preset, out / "plain_trl",
-                                         args.compare_steps)
+        # the same phase of training on both sides: steps 1..k (later steps' completion lengths drift as the
+        # policy learns, so a median over all steps would compare different workloads)
+        workbench_rows = [{"step_time": r[f"{preset.algo}/step_time"],
+                           "mean_length": r[f"{preset.algo}/completions/mean_length"]}
+                          for r in RunDir(out).read_metrics("rl") if f"{preset.algo}/step_time" in r][:args.compare_steps]
+        plain_rows = plain_trl_steps(preset.policy, str(out / "reward" / "model"), preset, out / "plain_trl",
+                                     args.compare_steps)
+        steps = step_comparison(workbench_rows, plain_rows)
     report = json.loads(Path(headline["eval_path"]).read_text())
     win = headline["gold_win_rate"]
     rl_vs_bon = headline["rl_vs_bon"] or {}
@@ -98,14 +121,15 @@ def main() -> dict:
         "kl": headline["kl"],
         "rl_vs_bon": rl_vs_bon,
         "best_of_n": report.get("best_of_n"),
-        "rl_step_seconds": {"workbench": round(workbench_step, 2), "plain_trl": round(plain_step, 2),
-                            "ratio": round(workbench_step / plain_step, 3)},
+        "bf16": resolve_bf16(preset.bf16),
+        "rl_step_seconds": steps,
         "goals": {
             "total_le_15_min": headline["seconds"]["total"] <= 900,
             "gold_win_rate_ge_0.70_and_ci_above_0.5": win["value"] >= 0.70 and win["low"] > 0.5,
             "rl_ge_bon_at_same_kl": (rl_vs_bon.get("rl_gold_gain", float("-inf"))
                                      >= rl_vs_bon.get("bon_gold_gain_at_same_kl", float("inf"))),
-            "step_time_ratio_le_1": workbench_step / plain_step <= 1.0,
+            "step_time_ratio_le_1": steps["ratio"] <= 1.0,
+            "step_time_per_length_token_ratio_le_1": steps["ratio_per_length_token"] <= 1.0,
         },
     }
     print(json.dumps(result))

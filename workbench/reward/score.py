@@ -45,7 +45,9 @@ class RewardModel:
         return cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16)
 
     @torch.inference_mode()
-    def score(self, prompts: list[Prompt], completions: list[str], batch_size: int = 64) -> list[float]:
+    def score(self, prompts: list[Prompt], completions: list[str], batch_size: int = 32) -> list[float]:
+        """One scalar per (prompt, completion). Batches of 32 were fastest on 2 cores (MiniLM, bf16: 185 texts/s
+        vs 172 at 64 and 166 at 16)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; they must pair up")
         texts = [reward_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]

@@ -29,9 +29,9 @@ def prepare_for_decoding(model, rows: int):
     import torch
 
     from workbench.generation import prepack_for_decoding
-    from workbench.models import default_dtype
+    from workbench.models import cpu_has_native_bf16
 
-    if model.device.type == "cpu" and default_dtype("cpu") == torch.bfloat16:
+    if model.device.type == "cpu" and cpu_has_native_bf16():
         return model.to(torch.bfloat16)
     prepack_for_decoding(model, rows=rows)  # fp32 only
     return model

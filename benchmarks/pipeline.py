@@ -96,8 +96,8 @@ def main() -> dict:
     preset = get_preset(args.preset)
     with contextlib.redirect_stdout(sys.stderr):  # trainer chatter off stdout: stdout carries one JSON line
         headline = run_pipeline(preset, out)
-        # the same phase of training on both sides: steps 1..k (later steps' completion lengths drift as the
-        # policy learns, so a median over all steps would compare different workloads)
+        # the same phase of training on both sides: the first k steps (later steps' completion lengths drift as
+        # the policy learns, so a median over all steps would compare different workloads)
         workbench_rows = [{"step_time": r[f"{preset.algo}/step_time"],
                            "mean_length": r[f"{preset.algo}/completions/mean_length"]}
                           for r in RunDir(out).read_metrics("rl") if f"{preset.algo}/step_time" in r][:args.compare_steps]

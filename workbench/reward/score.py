@@ -39,10 +39,10 @@ class RewardModel:
             )
         manifest = json.loads((path / MANIFEST).read_text())
         model, tokenizer = load_reward_backbone(str(path))
-        bf16 = cpu_has_native_bf16() if bf16 is None else bf16
-        if bf16 and model.device.type == "cpu":
+        reward_model = cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16)
+        if reward_model.bf16 and model.device.type == "cpu":
             model.to(torch.bfloat16)  # our own copy: bf16 weights, cast once (autocast re-casts them every call)
-        return cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16)
+        return reward_model
 
     @torch.inference_mode()
     def score(self, prompts: list[Prompt], completions: list[str], batch_size: int = 32) -> list[float]:

@@ -18,11 +18,13 @@ from apps.handlers import (
 from apps.jobs import JobError, python_command, read_tail
 from workbench import plots
 from workbench.preferences import export_preferences
+from workbench.reward.train import RewardModelConfig
 from workbench.rl.config import ALGORITHMS
 from workbench.rl.train import last_checkpoint
 
 MIN_RM_PAIRS = 4  # A/B labels needed before a reward model is worth training
 MAX_RM_EPOCHS = 20
+DEFAULT_RM_EPOCHS = RewardModelConfig.epochs
 MAX_RL_STEPS = 2000
 ORACLE = "upbeat-concise"  # the simulated labeler whose gold reward the app shows next to the proxy
 RM_METRICS = ("rm/loss", "rm/accuracy", "rm/margin")

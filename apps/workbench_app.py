@@ -264,7 +264,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
             with gr.Tab("Reward model", id="reward"):
                 rm_seen = gr.State(None)
                 with gr.Row():
-                    epochs = gr.Slider(0.5, training.MAX_RM_EPOCHS, value=3, step=0.5, label="Epochs", scale=3)
+                    epochs = gr.Slider(0.5, training.MAX_RM_EPOCHS, value=training.DEFAULT_RM_EPOCHS, step=0.5, label="Epochs", scale=3)
                     rm_train = gr.Button("Train / retrain on the labels so far", variant="primary", scale=2,
                                          elem_id="rm-train")
                 rm_status = gr.Markdown(elem_id="rm-status")

@@ -93,7 +93,7 @@ def main() -> dict:
     parser.add_argument("--sizes", default="100,200,400,800")
     parser.add_argument("--eval-pairs", type=int, default=200)
     parser.add_argument("--noise", type=float, default=0.1, help="labeler temperature (realistic annotator)")
-    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--epochs", type=float, default=RewardModelConfig.epochs)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     policy = load_policy("smollm2-135m-instruct")

@@ -35,9 +35,27 @@ def test_calibration_and_correlation_helpers():
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and np.isnan(pearson([1, 1], [1, 2]))
 
 
-def test_reward_text_uses_the_separator_of_the_tokenizer():
+def test_reward_text_uses_the_separator_and_order_of_the_backbone():
     _, bert = load_reward_backbone("minilm-l6")
-    assert reward_text(bert, [{"role": "user", "content": "Hi?"}], "Hello.") == "Hi? [SEP] Hello."
+    _, llama = load_reward_backbone("tiny-random-llama")
+    prompt = [{"role": "user", "content": "Hi?"}]
+    assert reward_text(bert, prompt, "Hello.") == "Hello. [SEP] Hi?"  # encoders read the completion first
+    assert reward_text(bert, prompt, "Hello.", "prompt <sep> completion") == "Hi? [SEP] Hello."
+    assert reward_text(llama, prompt, "Hello.") == "Hi?\nHello."  # decoders: prompt first, the last token sees both
+    with pytest.raises(ValueError, match="text_format"):
+        reward_text(bert, prompt, "Hello.", "completion only")
+
+
+def test_models_trained_before_the_completion_first_order_still_score_as_trained(tmp_path):
+    """A manifest without "text_format", or with the old prompt-first order, scores prompt first."""
+    model, tokenizer = load_reward_backbone("minilm-l6")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "workbench_reward.json").write_text(json.dumps({"backbone": "minilm-l6", "max_length": 64}))
+    old = RewardModel.load(tmp_path, bf16=False)
+    assert old.text_format == "prompt <sep> completion"
+    as_trained = RewardModel(old.model, tokenizer, bf16=False, text_format="prompt <sep> completion")
+    assert old.score(["Hi?"], ["Hello there."]) == as_trained.score(["Hi?"], ["Hello there."])
 
 
 def test_train_on_policy_architecture_changes_weights_and_learns(tmp_path):

@@ -82,8 +82,9 @@ def test_lora_run_saves_a_merged_plain_model(tiny_rm, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
 
 
-@pytest.mark.parametrize("backbone", ["minilm-l6", "tiny-random-llama"])
-def test_trl_reward_path_sees_the_same_tokens_as_scoring(backbone):
+@pytest.mark.parametrize("backbone,text_format", [("minilm-l6", None), ("minilm-l6", "prompt <sep> completion"),
+                                                  ("tiny-random-llama", None)])
+def test_trl_reward_path_sees_the_same_tokens_as_scoring(backbone, text_format):
     """TRL renders conversational samples with the reward tokenizer's chat template, then tokenizes without
     special tokens; that must equal the text and tokens the reward model was trained and scored on."""
     from trl.data_utils import apply_chat_template
@@ -91,12 +92,12 @@ def test_trl_reward_path_sees_the_same_tokens_as_scoring(backbone):
     from workbench.reward.score import reward_text
 
     _, tokenizer = load_reward_backbone(backbone)
-    tokenizer.chat_template = reward_chat_template(tokenizer)
+    tokenizer.chat_template = reward_chat_template(tokenizer, text_format)
     prompt, completion = "Describe a sunny beach.", "Warm sand, bright sky, happy kids."
     rendered = apply_chat_template({"messages": [{"role": "user", "content": prompt},
                                                  {"role": "assistant", "content": completion}]}, tokenizer)["text"]
     via_trl = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-    via_scoring = tokenizer(reward_text(tokenizer, prompt, completion))["input_ids"]
+    via_scoring = tokenizer(reward_text(tokenizer, prompt, completion, text_format))["input_ids"]
     assert via_trl == via_scoring
 
 

@@ -12,20 +12,35 @@ from workbench.generation import Prompt, prompt_text
 from workbench.models import cpu_has_native_bf16, load_reward_backbone
 
 MANIFEST = "workbench_reward.json"
+PROMPT_FIRST, COMPLETION_FIRST = "prompt <sep> completion", "completion <sep> prompt"  # manifest "text_format"
 
 
-def reward_text(tokenizer, prompt: Prompt, completion: str) -> str:
-    """One canonical input for training and scoring: prompt, separator, completion.
-    BERT-style tokenizers get their [SEP] token between the two; others a newline."""
+def default_text_format(tokenizer) -> str:
+    """Encoders (a [SEP] token) read the completion first: its length is then the position of the first [SEP], and
+    truncation cuts the prompt before the reply (measured: gold accuracy +0.035 over prompt-first, 3 seeds, 400
+    pairs). Decoders read the prompt first: their score head reads the last token, which sees both."""
+    return COMPLETION_FIRST if tokenizer.sep_token else PROMPT_FIRST
+
+
+def reward_text(tokenizer, prompt: Prompt, completion: str, text_format: str | None = None) -> str:
+    """One canonical input for training and scoring: prompt and completion joined by a separator, in the order of
+    `text_format` (default: `default_text_format`). BERT-style tokenizers get their [SEP] token between the two;
+    others a newline."""
+    text_format = text_format or default_text_format(tokenizer)
+    if text_format not in (PROMPT_FIRST, COMPLETION_FIRST):
+        raise ValueError(f"Unknown reward text_format {text_format!r}; expected {PROMPT_FIRST!r} or {COMPLETION_FIRST!r}")
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else "\n"
-    return f"{prompt_text(prompt)}{separator}{completion}"
+    first, second = (prompt_text(prompt), completion) if text_format == PROMPT_FIRST else (completion, prompt_text(prompt))
+    return f"{first}{separator}{second}"
 
 
 class RewardModel:
     """A sequence classifier with one output, plus its tokenizer; `score` runs batched inference."""
 
-    def __init__(self, model, tokenizer, max_length: int = 256, bf16: bool | None = None):
+    def __init__(self, model, tokenizer, max_length: int = 256, bf16: bool | None = None,
+                 text_format: str | None = None):
         self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+        self.text_format = text_format or default_text_format(tokenizer)  # as the model was trained
         # bf16 on CPUs with native bf16 math (~2x faster here); pair-order agreement with fp32 is in the benchmark
         self.bf16 = cpu_has_native_bf16() if bf16 is None else bf16
 
@@ -39,7 +54,8 @@ class RewardModel:
             )
         manifest = json.loads((path / MANIFEST).read_text())
         model, tokenizer = load_reward_backbone(str(path))
-        reward_model = cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16)
+        reward_model = cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16,
+                           text_format=manifest.get("text_format", PROMPT_FIRST))  # older models: prompt first
         if reward_model.bf16 and model.device.type == "cpu":
             model.to(torch.bfloat16)  # our own copy: bf16 weights, cast once (autocast re-casts them every call)
         return reward_model
@@ -51,7 +67,7 @@ class RewardModel:
         172 at 64 and 166 at 16)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions; they must pair up")
-        texts = [reward_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
+        texts = [reward_text(self.tokenizer, p, c, self.text_format) for p, c in zip(prompts, completions)]
         token_ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(token_ids[i]))
         scores = [0.0] * len(texts)

@@ -20,10 +20,10 @@ from workbench.distributed import process_info
 from workbench.generation import completion_text, prompt_text
 from workbench.oracles import get_oracle
 from workbench.models import load_reward_backbone
-from workbench.reward.score import MANIFEST
+from workbench.reward.score import MANIFEST, PROMPT_FIRST, default_text_format
 
 
-def reward_chat_template(tokenizer) -> str:
+def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
     """A Jinja chat template that renders [user, assistant] messages exactly as `reward_text` + special tokens.
 
     TRL applies the reward tokenizer's chat template to conversational samples and then tokenizes with
@@ -34,13 +34,15 @@ def reward_chat_template(tokenizer) -> str:
     prefix = tokenizer.decode(probe[:start]) if start else ""
     suffix = tokenizer.decode(probe[start + len(bare):]) if start + len(bare) < len(probe) else ""
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else "\n"
+    first, second = ("ns.prompt", "ns.reply") if (text_format or default_text_format(tokenizer)) == PROMPT_FIRST \
+        else ("ns.reply", "ns.prompt")
     return (
         "{%- set ns = namespace(prompt='', reply='') -%}"
         "{%- for m in messages -%}"
         "{%- if m['role'] == 'user' -%}{%- set ns.prompt = m['content'] -%}"
         "{%- elif m['role'] == 'assistant' -%}{%- set ns.reply = m['content'] -%}{%- endif -%}"
         "{%- endfor -%}"
-        f"{prefix}{{{{ ns.prompt }}}}{separator}{{{{ ns.reply }}}}{suffix}"
+        f"{prefix}{{{{ {first} }}}}{separator}{{{{ {second} }}}}{suffix}"
     )
 
 
@@ -51,7 +53,7 @@ def load_reward_classifier(path: str | Path, normalize: bool = True):
         raise FileNotFoundError(f"{path} is not a trained reward model (no {MANIFEST}); pass runs/<name>/reward/model")
     manifest = json.loads((path / MANIFEST).read_text())
     model, tokenizer = load_reward_backbone(str(path))
-    tokenizer.chat_template = reward_chat_template(tokenizer)
+    tokenizer.chat_template = reward_chat_template(tokenizer, manifest.get("text_format", PROMPT_FIRST))
     stats = manifest.get("score_stats")
     if normalize and stats and stats["std"] > 0:
         fold_normalisation(model, stats["mean"], stats["std"])

@@ -16,7 +16,6 @@ import platform
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,12 +31,12 @@ def plain_trl_steps(policy: str, reward_dir: str, preset, out: Path, steps: int)
     from workbench.data import builtin_prompts
     from workbench.models import resolve_bf16, resolve_model
     from workbench.rl import RLConfig
-    from workbench.reward.score import MANIFEST
+    from workbench.reward.score import read_manifest
     from workbench.rl.rewards import reward_chat_template
 
     rm = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
     rm_tokenizer = AutoTokenizer.from_pretrained(reward_dir)
-    text_format = json.loads((Path(reward_dir) / MANIFEST).read_text())["text_format"]
+    text_format = read_manifest(reward_dir)["text_format"]
     rm_tokenizer.chat_template = reward_chat_template(rm_tokenizer, text_format)  # TRL needs one for conversational samples
     policy_path = resolve_model(policy).path
     tokenizer = AutoTokenizer.from_pretrained(policy_path)

@@ -26,7 +26,7 @@ class PipelinePreset:
     rm_epochs: float = 1.0  # one pass: three memorise the noisy labels (see RewardModelConfig)
     algo: str = "rloo"
     rl_steps: int = 16  # ~17 s a step on a bf16 CPU (~24 s in fp32); 20-24 steps drifted to KL 5-6 nats with no
-    # better gold win rate (0.55-0.60 vs 0.69 at 16 steps, each +-0.15 on 40 prompts)
+    # better gold win rate (0.55-0.60 vs 0.64-0.69 at 16 steps, each +-0.14 on 40 prompts; 0.54 at 16 on all 85)
     beta: float = 0.05
     # Measured at 5e-5 with 8 samples a step: KL 6 nats by step 10 for little proxy gain (Adam's steps on a noisy
     # gradient are mostly drift). So a smaller step on a less noisy gradient: 16 samples a step at 2e-5.

@@ -34,6 +34,18 @@ def reward_text(tokenizer, prompt: Prompt, completion: str, text_format: str | N
     return f"{first}{separator}{second}"
 
 
+def read_manifest(path: str | Path) -> dict:
+    """The manifest `train_reward_model` writes next to a reward model; models trained before the input order was
+    recorded read the prompt first."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        raise FileNotFoundError(
+            f"{path} is not a trained reward model (no {MANIFEST}). Fix: pass the folder written by "
+            "`workbench train-rm`, e.g. runs/<name>/reward/model."
+        )
+    return {"text_format": PROMPT_FIRST, **json.loads((path / MANIFEST).read_text())}
+
+
 class RewardModel:
     """A sequence classifier with one output, plus its tokenizer; `score` runs batched inference."""
 
@@ -46,16 +58,10 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, bf16: bool | None = None) -> "RewardModel":
-        path = Path(path)
-        if not (path / MANIFEST).exists():
-            raise FileNotFoundError(
-                f"{path} is not a trained reward model (no {MANIFEST}). Fix: pass the folder written by "
-                "`workbench train-rm`, e.g. runs/<name>/reward/model."
-            )
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = read_manifest(path)
         model, tokenizer = load_reward_backbone(str(path))
         reward_model = cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16,
-                           text_format=manifest.get("text_format", PROMPT_FIRST))  # older models: prompt first
+                           text_format=manifest["text_format"])
         if reward_model.bf16 and model.device.type == "cpu":
             model.to(torch.bfloat16)  # our own copy: bf16 weights, cast once (autocast re-casts them every call)
         return reward_model

@@ -20,7 +20,7 @@ from workbench.distributed import process_info
 from workbench.generation import completion_text, prompt_text
 from workbench.oracles import get_oracle
 from workbench.models import load_reward_backbone
-from workbench.reward.score import MANIFEST, PROMPT_FIRST, default_text_format
+from workbench.reward.score import read_manifest, reward_text
 
 
 def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
@@ -33,27 +33,22 @@ def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
     start = probe.index(bare[0])
     prefix = tokenizer.decode(probe[:start]) if start else ""
     suffix = tokenizer.decode(probe[start + len(bare):]) if start + len(bare) < len(probe) else ""
-    separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else "\n"
-    first, second = ("ns.prompt", "ns.reply") if (text_format or default_text_format(tokenizer)) == PROMPT_FIRST \
-        else ("ns.reply", "ns.prompt")
+    body = reward_text(tokenizer, "{{ ns.prompt }}", "{{ ns.reply }}", text_format)  # the order and separator
     return (
         "{%- set ns = namespace(prompt='', reply='') -%}"
         "{%- for m in messages -%}"
         "{%- if m['role'] == 'user' -%}{%- set ns.prompt = m['content'] -%}"
         "{%- elif m['role'] == 'assistant' -%}{%- set ns.reply = m['content'] -%}{%- endif -%}"
         "{%- endfor -%}"
-        f"{prefix}{{{{ {first} }}}}{separator}{{{{ {second} }}}}{suffix}"
+        f"{prefix}{body}{suffix}"
     )
 
 
 def load_reward_classifier(path: str | Path, normalize: bool = True):
     """(model, tokenizer) for TRL: the trained RM with a chat template matching training, head normalised."""
-    path = Path(path)
-    if not (path / MANIFEST).exists():
-        raise FileNotFoundError(f"{path} is not a trained reward model (no {MANIFEST}); pass runs/<name>/reward/model")
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_manifest(path)
     model, tokenizer = load_reward_backbone(str(path))
-    tokenizer.chat_template = reward_chat_template(tokenizer, manifest.get("text_format", PROMPT_FIRST))
+    tokenizer.chat_template = reward_chat_template(tokenizer, manifest["text_format"])
     stats = manifest.get("score_stats")
     if normalize and stats and stats["std"] > 0:
         fold_normalisation(model, stats["mean"], stats["std"])

@@ -72,6 +72,24 @@ def test_train_policy_writes_policy_samples_and_gold_metrics(tiny_rm, tmp_path):
         train_policy(tiny_config(tiny_rm, steps=5, resume=True), tmp_path)
 
 
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+@pytest.mark.parametrize("bf16", [True, False])
+def test_completions_are_sampled_under_the_trainers_autocast(algo, bf16, tiny_rm, tmp_path):
+    """TRL samples outside autocast; the workbench samples in the precision it then scores the samples in."""
+    trainer = build_trainer(tiny_config(tiny_rm, algo=algo, steps=1, bf16=bf16), RunDir(tmp_path))
+    model, seen = trainer.model, []
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    trainer.train()
+    assert seen and all(flag == bf16 for flag in seen), f"{algo}, bf16={bf16}: generate saw autocast {seen}"
+    assert type(trainer).__name__ == {"rloo": "RLOOTrainer", "grpo": "GRPOTrainer"}[algo]
+
+
 def test_lora_run_saves_a_merged_plain_model(tiny_rm, tmp_path):
     result = train_policy(tiny_config(tiny_rm, lora=True, lora_learning_rate=1e-2), tmp_path)
     assert not (result.policy_dir / "adapter_config.json").exists()

@@ -20,7 +20,7 @@ from workbench.evaluation.bestofn import (
     fit_overoptimisation,
     overoptimisation_curve,
 )
-from workbench.evaluation.policy_eval import PolicyEvalConfig, sequence_kl
+from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, sequence_kl
 from workbench.generation import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,27 @@ def test_sequence_kl_of_a_policy_against_itself_is_zero_and_of_a_changed_one_pos
     tuned_samples = generate(changed, tokenizer, prompts, config.sampling())
     kl = sequence_kl(changed, model, tokenizer, prompts, [s.token_ids for s in tuned_samples], 0.7)
     assert kl.mean() > 0.05  # KL(changed || base) estimated from the changed policy's own samples
+
+
+class LengthReward:
+    """A stand-in reward model: the completion's length in characters."""
+
+    def score(self, prompts, completions):
+        return [float(len(c)) for c in completions]
+
+
+def test_reusing_base_samples_gives_the_same_evaluation(tiny_policy):
+    model, tokenizer = tiny_policy
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.lm_head.weight.add_(torch.randn_like(changed.lm_head.weight) * 0.05)
+    config = PolicyEvalConfig(n_prompts=6, max_new_tokens=6, oracle="positive")
+    first = evaluate_policies(model, changed, tokenizer, LengthReward(), config)
+    again = evaluate_policies(model, changed, tokenizer, LengthReward(), config, base_samples=first["base_samples"])
+    assert again["summary"] == first["summary"] and again["table"] == first["table"]
+    with pytest.raises(ValueError, match="other prompts"):
+        evaluate_policies(model, changed, tokenizer, LengthReward(), PolicyEvalConfig(n_prompts=5, max_new_tokens=6),
+                          base_samples=first["base_samples"])
 
 
 def test_pipeline_smoke_runs_every_stage_and_reports(tmp_path):

@@ -55,8 +55,11 @@ def token_logratios(policy, reference, tokenizer, prompt, completion_ids: list[i
 
 
 def evaluate_policies(base, tuned, tokenizer, reward_model, config: PolicyEvalConfig | None = None,
-                      prompts: list[PromptRecord] | None = None) -> dict:
-    """Base vs tuned on the same prompts and seeds. `base`/`tuned` are models sharing `tokenizer`."""
+                      prompts: list[PromptRecord] | None = None, base_samples: list | None = None) -> dict:
+    """Base vs tuned on the same prompts and seeds. `base`/`tuned` are models sharing `tokenizer`.
+
+    `base_samples`: the base policy's completions from an earlier call with the same config and prompts (returned
+    as result["base_samples"]): the base samples the same completions for the same seed, so they are reused."""
     config = config or PolicyEvalConfig()
     available = prompts or builtin_prompts("heldout")
     if config.n_prompts > len(available):
@@ -64,7 +67,10 @@ def evaluate_policies(base, tuned, tokenizer, reward_model, config: PolicyEvalCo
     records = available[: config.n_prompts]
     prompt_list = [r.prompt for r in records]
     gold = get_oracle(config.oracle)
-    base_samples = generate(base, tokenizer, prompt_list, config.sampling())
+    if base_samples is None:
+        base_samples = generate(base, tokenizer, prompt_list, config.sampling())
+    elif [s.prompt for s in base_samples] != prompt_list:
+        raise ValueError("base_samples were drawn for other prompts than this evaluation's")
     tuned_samples = generate(tuned, tokenizer, prompt_list, config.sampling())
     scores = {}
     for name, samples in (("base", base_samples), ("tuned", tuned_samples)):
@@ -92,5 +98,5 @@ def evaluate_policies(base, tuned, tokenizer, reward_model, config: PolicyEvalCo
               "tuned": t.text, "tuned_proxy": float(scores["tuned"]["proxy"][i]), "tuned_gold": float(scores["tuned"]["gold"][i]),
               "kl": float(kl[i])}
              for i, (r, b, t) in enumerate(zip(records, base_samples, tuned_samples))]
-    return {"summary": summary, "table": table,
+    return {"summary": summary, "table": table, "base_samples": base_samples,
             "tuned_samples": [{"prompt": s.prompt, "token_ids": s.token_ids} for s in tuned_samples]}

@@ -78,7 +78,8 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
             if step == policy_steps or not (checkpoint / "trainer_state.json").exists():
                 continue  # the final policy is evaluated below; an unfinished save is skipped
             model = load_checkpoint_policy(checkpoint, config.base, device=device)
-            point = evaluate_policies(base, model, tokenizer, rm, eval_config, heldout)["summary"]
+            point = evaluate_policies(base, model, tokenizer, rm, eval_config, heldout,
+                                      base_samples=result["base_samples"])["summary"]
             rl_points.append({"name": checkpoint.name, "kl": point["kl"]["value"],
                               "sqrt_kl": math.sqrt(max(point["kl"]["value"], 0.0)),
                               "gold": point["gold"]["tuned"]["value"], "proxy": point["proxy"]["tuned"]["value"]})

@@ -143,7 +143,7 @@ class AppContext:
             return self._policies[choice][1], self.policy.tokenizer
 
     def model_choices(self) -> list[str]:
-        """The policy's name, then the run's tuned policy and RL checkpoints (paths relative to the run)."""
+        """The policy's name, then the run's tuned policy, RL checkpoints and snapshots (paths relative to the run)."""
         choices = [self.policy.name]
         if self.has_tuned_policy():
             choices.append("rl/policy")
@@ -152,4 +152,7 @@ class AppContext:
             done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
             for path in sorted(done, key=lambda p: int(p.name.split("-")[1])):
                 choices.append(f"rl/checkpoints/{path.name}")
+        from workbench.rl.train import snapshot_dirs
+
+        choices += [f"rl/snapshots/{path.name}" for path in snapshot_dirs(self.root / "rl")]
         return choices

@@ -18,6 +18,7 @@ from workbench.evaluation.bestofn import (
     bon_kl,
     expected_best_of_n,
     fit_overoptimisation,
+    matched_rl_vs_bon,
     overoptimisation_curve,
 )
 from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, sequence_kl
@@ -59,6 +60,17 @@ def test_bon_gold_interpolates_between_measured_n():
     rows = [{"sqrt_kl": 0.0, "gold": 0.0}, {"sqrt_kl": 1.0, "gold": 1.0}]
     assert bon_gold_at(rows, 0.5) == pytest.approx(0.5)
     assert bon_gold_at(rows, 2.0) == pytest.approx(1.0)  # clamped beyond the largest n
+
+
+def test_rl_vs_best_of_n_is_matched_only_inside_best_of_n_range():
+    bon = [{"sqrt_kl": 0.0, "gold": 0.2}, {"sqrt_kl": 0.5, "gold": 0.3}, {"sqrt_kl": 1.0, "gold": 0.5}]
+    rl = [{"name": "base", "sqrt_kl": 0.0, "gold": 0.1}, {"name": "step-3", "sqrt_kl": 0.75, "gold": 0.3},
+          {"name": "step-2", "sqrt_kl": 0.25, "gold": 0.2}, {"name": "final", "sqrt_kl": 3.0, "gold": 0.9}]
+    matched = matched_rl_vs_bon(rl, bon)
+    assert matched["name"] == "step-3"  # the largest KL that best-of-n also reaches; "final" lies beyond it
+    assert matched["rl_gold_gain"] == pytest.approx(0.2)  # each side over its own start: 0.3 - 0.1
+    assert matched["bon_gold_gain"] == pytest.approx(0.2)  # interpolated at 0.75: 0.4 - 0.2
+    assert matched_rl_vs_bon([rl[0], rl[3]], bon) is None
 
 
 def test_sequence_kl_of_a_policy_against_itself_is_zero_and_of_a_changed_one_positive(tiny_policy):

@@ -15,7 +15,7 @@ from workbench.models import load_reward_backbone, resolve_model
 from workbench.reward import RewardModel, RewardModelConfig, train_reward_model
 from workbench.rl import RLConfig, train_policy
 from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier, reward_chat_template
-from workbench.rl.train import build_trainer, dpo_rows
+from workbench.rl.train import build_trainer, dpo_rows, snapshot_dirs
 from workbench.runs import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -98,6 +98,30 @@ def test_lora_run_saves_a_merged_plain_model(tiny_rm, tmp_path):
     tuned, _ = load_policy(str(result.policy_dir))
     base, _ = load_policy("tiny-random-llama")
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_snapshots_are_policies_between_the_base_and_the_final_one(lora, tiny_rm, tmp_path):
+    from workbench.evaluation.report import intermediate_policies, load_checkpoint_policy
+    from workbench.models import load_policy
+
+    config = tiny_config(tiny_rm, steps=3, save_steps=2, snapshot_steps=(1, 3), lora=lora, lora_learning_rate=1e-2)
+    result = train_policy(config, tmp_path)
+    assert [p.name for p in snapshot_dirs(tmp_path / "rl")] == ["step-1", "step-3"]
+    assert not list((tmp_path / "rl" / "snapshots").glob(".*")), "a partial snapshot was left behind"
+    # the evaluation's points before the final policy: snapshots and checkpoints by step, the last step left out
+    points = intermediate_policies(result.policy_dir)
+    assert [name for name, _ in points] == ["step-1", "checkpoint-2"]
+    weights = lambda model: list(model.state_dict().values())  # noqa: E731
+    base = weights(load_policy("tiny-random-llama")[0])
+    step1 = weights(load_checkpoint_policy(points[0][1], "tiny-random-llama"))
+    step3 = weights(load_checkpoint_policy(snapshot_dirs(tmp_path / "rl")[1], "tiny-random-llama"))
+    final = weights(load_policy(str(result.policy_dir))[0])
+    assert any(not torch.equal(a, b) for a, b in zip(step1, base)), "the step-1 snapshot is the base policy"
+    assert any(not torch.equal(a, b) for a, b in zip(step1, final)), "the step-1 snapshot is the final policy"
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(step3, final)), "the last snapshot is not the policy"
+    with pytest.raises(ValueError, match="snapshot_steps must lie in 1..steps=3"):
+        tiny_config(tiny_rm, steps=3, snapshot_steps=(4,))
 
 
 @pytest.mark.parametrize("backbone,text_format", [("minilm-l6", None), ("minilm-l6", "prompt <sep> completion"),

@@ -36,6 +36,8 @@ class PipelinePreset:
     max_new_tokens: int = 40  # ~30 words, the top of the gold labeler's length window
     lora: bool = False
     save_steps: int = 14  # the step-14 checkpoint becomes a point on the over-optimisation plot
+    # weights after step 3 (KL ~1 nat, inside best-of-8's range): RL vs best-of-n at a KL both have measured
+    snapshot_steps: tuple[int, ...] = (3,)
     eval_prompts: int = 85  # all held-out prompts: the gold win rate CI is +-0.14 on 40, ~+-0.1 on 85
     bon_prompts: int = 8
     bon_max_n: int = 8
@@ -48,11 +50,12 @@ PRESETS: dict[str, PipelinePreset] = {
     # One 80 GB GPU (needs the Hub or a local copy of the policy): a 0.5B policy, 10x the labels, longer RL.
     "gpu": PipelinePreset(policy="Qwen/Qwen2.5-0.5B-Instruct", reward_backbone="minilm-l6", n_pairs=2000,
                           pair_max_new_tokens=64, pair_batch_size=64, rm_epochs=2.0, rl_steps=300, learning_rate=1e-6,
-                          prompts_per_step=16, num_generations=8, max_new_tokens=64, save_steps=50, eval_prompts=85,
+                          prompts_per_step=16, num_generations=8, max_new_tokens=64, save_steps=50,
+                          snapshot_steps=(10,), eval_prompts=85,
                           bon_prompts=32, bon_max_n=64, bf16=True),
     "smoke": PipelinePreset(policy="tiny-random-llama", reward_backbone="tiny-random-llama", n_pairs=24,
                             pair_max_new_tokens=8, rm_epochs=1.0, rl_steps=2, max_new_tokens=8, save_steps=1,
-                            eval_prompts=4, bon_prompts=2, bon_max_n=4),
+                            snapshot_steps=(), eval_prompts=4, bon_prompts=2, bon_max_n=4),
 }
 
 
@@ -113,7 +116,8 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
                                beta=preset.beta, learning_rate=preset.learning_rate, lora=preset.lora,
                                prompts_per_step=preset.prompts_per_step, num_generations=preset.num_generations,
                                max_new_tokens=preset.max_new_tokens, oracle=preset.oracle, seed=preset.seed,
-                               save_steps=preset.save_steps, bf16=preset.bf16), out, preference_rows=rows)
+                               save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps, bf16=preset.bf16),
+                     out, preference_rows=rows)
     seconds["rl"] = time.perf_counter() - started
 
     started = time.perf_counter()

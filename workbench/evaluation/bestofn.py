@@ -101,3 +101,17 @@ def bon_gold_at(rows: list[dict], sqrt_kl: float) -> float:
     """Best-of-n gold reward at a given sqrt(KL), interpolated between measured n (clamped at the ends)."""
     xs = [row["sqrt_kl"] for row in rows]
     return float(np.interp(sqrt_kl, xs, [row["gold"] for row in rows]))
+
+
+def matched_rl_vs_bon(rl_points: list[dict], bon_rows: list[dict]) -> dict | None:
+    """RL vs best-of-n at a KL both have measured: the RL point (after the base, rl_points[0]) with the largest
+    sqrt(KL) inside best-of-n's range, each side as a gold gain over its own start (the base; n = 1).
+    None when every RL point lies beyond the largest n, where best-of-n would only be extrapolated."""
+    top = bon_rows[-1]["sqrt_kl"]
+    inside = [p for p in rl_points[1:] if 0 < p["sqrt_kl"] <= top]
+    if not inside:
+        return None
+    point = max(inside, key=lambda p: p["sqrt_kl"])
+    return {"name": point["name"], "sqrt_kl": point["sqrt_kl"],
+            "rl_gold_gain": point["gold"] - rl_points[0]["gold"],
+            "bon_gold_gain": bon_gold_at(bon_rows, point["sqrt_kl"]) - bon_rows[0]["gold"]}

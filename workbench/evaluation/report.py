@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from workbench.data import builtin_prompts
-from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overoptimisation
+from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overoptimisation, matched_rl_vs_bon
 from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, token_logratios
 from workbench.models import load_policy
 from workbench.reward.score import RewardModel
-from workbench.rl.train import POLICY_MANIFEST
+from workbench.rl.train import POLICY_MANIFEST, snapshot_dirs
 from workbench.runs import write_json_atomic
 
 
@@ -48,6 +49,19 @@ def load_checkpoint_policy(checkpoint: Path, base_name: str, dtype: str = "float
     return model
 
 
+def intermediate_policies(policy_dir: Path) -> list[tuple[str, Path]]:
+    """(name, folder) of the RL run's complete checkpoints and snapshots before its final policy, by step."""
+    stage_dir = policy_dir.parent
+    manifest = policy_dir / POLICY_MANIFEST
+    final_step = json.loads(manifest.read_text()).get("steps") if manifest.exists() else None
+    found = {int(p.name.split("-")[1]): (p.name, p) for p in snapshot_dirs(stage_dir)}
+    checkpoints = stage_dir / "checkpoints"
+    if checkpoints.is_dir():  # a checkpoint's trainer_state.json is written last: without it the save was cut off
+        found.update({int(p.name.split("-")[1]): (p.name, p) for p in checkpoints.glob("checkpoint-*")
+                      if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").exists()})
+    return [found[step] for step in sorted(found) if step != final_step]
+
+
 def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     """Everything issue-level users read after RL; written to `out` (default <policy>/../eval.json)."""
     import torch
@@ -69,18 +83,12 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     # RL points for the over-optimisation plot: the base (d = 0), saved checkpoints, the final policy
     rl_points = [{"name": "base", "sqrt_kl": 0.0, "kl": 0.0, "gold": summary["gold"]["base"]["value"],
                   "proxy": summary["proxy"]["base"]["value"]}]
-    checkpoint_dir = Path(config.policy).parent / "checkpoints"
-    if config.checkpoints and checkpoint_dir.is_dir():
-        manifest = Path(config.policy) / POLICY_MANIFEST
-        policy_steps = json.loads(manifest.read_text()).get("steps") if manifest.exists() else None
-        for checkpoint in sorted(checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-            step = int(checkpoint.name.split("-")[1])
-            if step == policy_steps or not (checkpoint / "trainer_state.json").exists():
-                continue  # the final policy is evaluated below; an unfinished save is skipped
-            model = load_checkpoint_policy(checkpoint, config.base, device=device)
+    if config.checkpoints:
+        for name, model_dir in intermediate_policies(Path(config.policy)):
+            model = load_checkpoint_policy(model_dir, config.base, device=device)
             point = evaluate_policies(base, model, tokenizer, rm, eval_config, heldout,
                                       base_samples=result["base_samples"])["summary"]
-            rl_points.append({"name": checkpoint.name, "kl": point["kl"]["value"],
+            rl_points.append({"name": name, "kl": point["kl"]["value"],
                               "sqrt_kl": math.sqrt(max(point["kl"]["value"], 0.0)),
                               "gold": point["gold"]["tuned"]["value"], "proxy": point["proxy"]["tuned"]["value"]})
             del model
@@ -111,6 +119,7 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
             "bon_gold_gain_at_same_kl": bon_gold_at(bon.rows, final["sqrt_kl"]) - start_gold,
             "bon_extrapolated": final["sqrt_kl"] > bon_max_sqrt_kl,  # beyond the largest n: clamped at n = max_n
         }
+        report["rl_vs_bon"]["matched"] = matched_rl_vs_bon(rl_points, bon.rows)  # None: RL beyond best-of-n's KL
     destination = Path(out) if out else Path(config.policy).parent / "eval.json"
     write_json_atomic(destination, report)
     report["path"] = str(destination)

@@ -30,6 +30,8 @@ class RLConfig:
     gradient_checkpointing: bool = False  # TRL 1.16 turns it on by default: recomputes activations (slower steps)
     # to save memory, which only pays off when the policy barely fits
     save_steps: int = 10  # checkpoint every N steps (safetensors + optimizer + RNG state)
+    snapshot_steps: tuple[int, ...] = ()  # also keep the policy's weights after these steps (rl/snapshots/step-N,
+    # no optimiser state, so not for resuming): extra points for the evaluation's over-optimisation plot
     logging_steps: int = 1
     resume: bool = False  # continue from the last complete checkpoint in <out>/rl/checkpoints
     max_prompt_length: int = 256  # dpo: prompt tokens kept
@@ -48,5 +50,8 @@ class RLConfig:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        self.snapshot_steps = tuple(int(step) for step in self.snapshot_steps)
+        if any(step < 1 or step > self.steps for step in self.snapshot_steps):
+            raise ValueError(f"snapshot_steps must lie in 1..steps={self.steps}, got {list(self.snapshot_steps)}")
         if self.save_steps < 1 or self.logging_steps < 1:
             raise ValueError("save_steps and logging_steps must be >= 1")

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from transformers import TrainerCallback
 
 from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptRecord, builtin_prompts
@@ -46,6 +49,31 @@ class RLResult:
 
 def as_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+class PolicySnapshots(TrainerCallback):
+    """After each of `steps`, the policy's weights (or LoRA adapter) go to <folder>/step-N: a cheap point for the
+    over-optimisation plot, without the optimiser state a resumable checkpoint carries. Written to a temporary
+    folder and renamed, so a reader never sees half a snapshot."""
+
+    def __init__(self, steps, folder: Path):
+        self.steps, self.folder, self.trainer = set(steps), Path(folder), None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step not in self.steps or self.trainer is None:
+            return
+        target = self.folder / f"step-{state.global_step}"
+        partial = self.folder / f".step-{state.global_step}.partial"
+        self.trainer.save_model(str(partial))  # gathers sharded weights; writes on the main process
+        if state.is_world_process_zero:
+            shutil.rmtree(target, ignore_errors=True)  # a resumed run redoes the steps after its checkpoint
+            os.replace(partial, target)
+
+
+def snapshot_dirs(stage_dir: Path) -> list[Path]:
+    """The complete policy snapshots of an RL run, by step."""
+    found = [p for p in (Path(stage_dir) / "snapshots").glob("step-*") if re.fullmatch(r"step-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -221,10 +249,15 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
     elif is_main:
         run.clear_metrics("rl")
         (stage_dir / "samples.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(stage_dir / "snapshots", ignore_errors=True)
     if is_main:
         run.save_config("rl", config)
 
     trainer = build_trainer(config, run, prompts, preference_rows)
+    if config.snapshot_steps:
+        snapshots = PolicySnapshots(config.snapshot_steps, stage_dir / "snapshots")
+        snapshots.trainer = trainer
+        trainer.add_callback(snapshots)
     tokenizer = trainer.processing_class
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -110,6 +110,26 @@ def test_reusing_base_samples_gives_the_same_evaluation(tiny_policy):
                           base_samples=first["base_samples"])
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_evaluation_samples_under_autocast_and_scores_log_probs_outside_it(bf16, tiny_policy, monkeypatch):
+    import workbench.evaluation.policy_eval as policy_eval
+
+    model, tokenizer = tiny_policy
+    seen = {"generate": [], "log-probs": []}
+    generate, logprobs = policy_eval.generate, policy_eval.completion_logprobs
+
+    def recording(name, function):
+        def wrapper(*args, **kwargs):
+            seen[name].append(torch.is_autocast_enabled("cpu"))
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(policy_eval, "generate", recording("generate", generate))
+    monkeypatch.setattr(policy_eval, "completion_logprobs", recording("log-probs", logprobs))
+    evaluate_policies(model, model, tokenizer, LengthReward(), PolicyEvalConfig(n_prompts=2, max_new_tokens=4, bf16=bf16))
+    assert seen["generate"] == [bf16, bf16] and seen["log-probs"] == [False, False]
+
+
 def test_pipeline_smoke_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "workbench", "pipeline", "--preset", "smoke", "--out", str(out),

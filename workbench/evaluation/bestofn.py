@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workbench.data import PromptRecord
-from workbench.generation import SamplingConfig, generate, prompt_text
+from workbench.generation import SamplingConfig, generate, prompt_text, sampling_precision
 from workbench.oracles import get_oracle
 
 
@@ -48,14 +48,17 @@ class BestOfNResult:
 
 
 def best_of_n_curve(policy, tokenizer, reward_model, prompts: list[PromptRecord], max_n: int = 16,
-                    sampling: SamplingConfig | None = None, oracle: str = "upbeat-concise") -> BestOfNResult:
-    """Sample `max_n` completions per prompt from the base policy and estimate best-of-n for n = 1, 2, 4, ..., max_n."""
+                    sampling: SamplingConfig | None = None, oracle: str = "upbeat-concise",
+                    bf16: bool | None = None) -> BestOfNResult:
+    """Sample `max_n` completions per prompt from the base policy and estimate best-of-n for n = 1, 2, 4, ..., max_n.
+    `bf16`: sample under bf16 autocast (None = where bf16 math is native)."""
     if max_n < 1:
         raise ValueError(f"max_n must be >= 1, got {max_n}")
     sampling = sampling or SamplingConfig(top_p=1.0, top_k=0)
     gold = get_oracle(oracle)
     repeated = [r.prompt for r in prompts for _ in range(max_n)]
-    completions = generate(policy, tokenizer, repeated, sampling)
+    with sampling_precision(bf16):
+        completions = generate(policy, tokenizer, repeated, sampling)
     texts = [c.text for c in completions]
     proxy = np.array(reward_model.score(repeated, texts)).reshape(len(prompts), max_n)
     gold_scores = np.array([gold(prompt_text(p), t) for p, t in zip(repeated, texts)]).reshape(len(prompts), max_n)

@@ -15,7 +15,7 @@ import numpy as np
 
 from workbench.data import PromptRecord, builtin_prompts
 from workbench.evaluation.metrics import bootstrap_ci, pairwise_outcomes
-from workbench.generation import SamplingConfig, completion_logprobs, generate, prompt_text
+from workbench.generation import SamplingConfig, completion_logprobs, generate, prompt_text, sampling_precision
 from workbench.oracles import get_oracle
 
 
@@ -27,6 +27,7 @@ class PolicyEvalConfig:
     seed: int = 0
     batch_size: int = 8
     oracle: str = "upbeat-concise"
+    bf16: bool | None = None  # sample under bf16 autocast; None = where bf16 math is native. Log-probs stay fp32
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1:
@@ -67,11 +68,12 @@ def evaluate_policies(base, tuned, tokenizer, reward_model, config: PolicyEvalCo
     records = available[: config.n_prompts]
     prompt_list = [r.prompt for r in records]
     gold = get_oracle(config.oracle)
-    if base_samples is None:
-        base_samples = generate(base, tokenizer, prompt_list, config.sampling())
-    elif [s.prompt for s in base_samples] != prompt_list:
+    if base_samples is not None and [s.prompt for s in base_samples] != prompt_list:
         raise ValueError("base_samples were drawn for other prompts than this evaluation's")
-    tuned_samples = generate(tuned, tokenizer, prompt_list, config.sampling())
+    with sampling_precision(config.bf16):
+        if base_samples is None:
+            base_samples = generate(base, tokenizer, prompt_list, config.sampling())
+        tuned_samples = generate(tuned, tokenizer, prompt_list, config.sampling())
     scores = {}
     for name, samples in (("base", base_samples), ("tuned", tuned_samples)):
         texts = [s.text for s in samples]

@@ -30,6 +30,7 @@ class EvaluateConfig:
     bon_prompts: int = 16  # held-out prompts for the best-of-n baseline (max_n samples each)
     bon_max_n: int = 16  # 0 skips best-of-n
     checkpoints: bool = True  # also place the saved RL checkpoints on the over-optimisation plot
+    bf16: bool | None = None  # sample under bf16 autocast; None = where bf16 math is native. KL log-probs stay fp32
 
     def __post_init__(self) -> None:
         if not self.policy or not self.reward:
@@ -71,7 +72,8 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     tuned, _ = load_policy(config.policy, device=device)
     rm = RewardModel.load(config.reward)
     eval_config = PolicyEvalConfig(n_prompts=config.n_prompts, max_new_tokens=config.max_new_tokens,
-                                   temperature=config.temperature, seed=config.seed, oracle=config.oracle)
+                                   temperature=config.temperature, seed=config.seed, oracle=config.oracle,
+                                   bf16=config.bf16)
     heldout = builtin_prompts("heldout")
     result = evaluate_policies(base, tuned, tokenizer, rm, eval_config, heldout)
     summary = result["summary"]
@@ -97,7 +99,7 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     report["rl_points"] = rl_points
     if config.bon_max_n:
         bon = best_of_n_curve(base, tokenizer, rm, heldout[: config.bon_prompts], config.bon_max_n,
-                              eval_config.sampling(), config.oracle)
+                              eval_config.sampling(), config.oracle, bf16=eval_config.bf16)
         report["best_of_n"] = bon.rows
         start_gold, start_proxy = bon.rows[0]["gold"], bon.rows[0]["proxy"]
         fits = {}

@@ -90,11 +90,15 @@ def test_stage2_from_the_command_line(tmp_path):
     assert dpo["global_step"] == 1
     rm_dir = str(tmp_path / "rm" / "reward" / "model")
     rl = json.loads(workbench("train-rl", "--reward", rm_dir, "--out", str(tmp_path / "rl"), "--policy",
-                              "tiny-random-llama", "--steps", "1", "--max-new-tokens", "6", "--json").stdout)
+                              "tiny-random-llama", "--steps", "2", "--save-steps", "5", "--snapshot-steps", "1",
+                              "--max-new-tokens", "6", "--json").stdout)
+    assert (tmp_path / "rl" / "rl" / "snapshots" / "step-1").is_dir()
     report = json.loads(workbench("evaluate", "--base", "tiny-random-llama", "--policy", rl["policy_dir"],
                                   "--reward", rm_dir, "--n-prompts", "3", "--bon-max-n", "2", "--max-new-tokens",
                                   "4", "--json").stdout)
     assert report["n_prompts"] == 3 and report["kl"]["n"] == 3 and (tmp_path / "rl" / "rl" / "eval.json").exists()
+    points = json.loads((tmp_path / "rl" / "rl" / "eval.json").read_text())["rl_points"]
+    assert [p["name"] for p in points] == ["base", "step-1", "final"]  # the snapshot is a point on the plot
 
 
 def test_stage2_errors_are_clear(tmp_path):

@@ -198,7 +198,8 @@ def cmd_train_rl(args) -> None:
     config = _config(RLConfig, args, {"policy": "policy", "reward": "reward", "algo": "algo", "steps": "steps",
                                       "beta": "beta", "lora": "lora", "resume": "resume", "seed": "seed",
                                       "learning_rate": "learning_rate", "oracle": "oracle", "bf16": "bf16",
-                                      "max_new_tokens": "max_new_tokens", "save_steps": "save_steps"})
+                                      "max_new_tokens": "max_new_tokens", "save_steps": "save_steps",
+                                      "snapshot_steps": "snapshot_steps"})
     rows = _preference_rows(args) if config.algo == "dpo" else []
     result = train_policy(config, args.out, preference_rows=rows)
     _print(result.summary(), args)
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--save-steps", type=int)
+    p.add_argument("--snapshot-steps", type=int, nargs="+", metavar="STEP",
+                   help="also keep the policy's weights after these steps (rl/snapshots/step-N) for the evaluation")
     p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged when saved)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on where bf16 math is native, e.g. AVX512-BF16 CPUs, bf16 GPUs)")

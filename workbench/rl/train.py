@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from transformers import TrainerCallback
 
 from workbench.callbacks import RunMetricsCallback

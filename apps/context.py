@@ -147,12 +147,8 @@ class AppContext:
         choices = [self.policy.name]
         if self.has_tuned_policy():
             choices.append("rl/policy")
-        checkpoints = self.root / "rl" / "checkpoints"
-        if checkpoints.is_dir():
-            done = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-            for path in sorted(done, key=lambda p: int(p.name.split("-")[1])):
-                choices.append(f"rl/checkpoints/{path.name}")
-        from workbench.rl.train import snapshot_dirs
+        from workbench.rl.train import complete_checkpoints, snapshot_dirs
 
+        choices += [f"rl/checkpoints/{path.name}" for path in complete_checkpoints(self.root / "rl" / "checkpoints")]
         choices += [f"rl/snapshots/{path.name}" for path in snapshot_dirs(self.root / "rl")]
         return choices

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overo
 from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, token_logratios
 from workbench.models import load_policy
 from workbench.reward.score import RewardModel
-from workbench.rl.train import POLICY_MANIFEST, snapshot_dirs
+from workbench.rl.train import POLICY_MANIFEST, complete_checkpoints, snapshot_dirs
 from workbench.runs import write_json_atomic
 
 
@@ -55,11 +54,8 @@ def intermediate_policies(policy_dir: Path) -> list[tuple[str, Path]]:
     stage_dir = policy_dir.parent
     manifest = policy_dir / POLICY_MANIFEST
     final_step = json.loads(manifest.read_text()).get("steps") if manifest.exists() else None
-    found = {int(p.name.split("-")[1]): (p.name, p) for p in snapshot_dirs(stage_dir)}
-    checkpoints = stage_dir / "checkpoints"
-    if checkpoints.is_dir():  # a checkpoint's trainer_state.json is written last: without it the save was cut off
-        found.update({int(p.name.split("-")[1]): (p.name, p) for p in checkpoints.glob("checkpoint-*")
-                      if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").exists()})
+    found = {int(p.name.split("-")[1]): (p.name, p)
+             for p in snapshot_dirs(stage_dir) + complete_checkpoints(stage_dir / "checkpoints")}  # checkpoints win
     return [found[step] for step in sorted(found) if step != final_step]
 
 

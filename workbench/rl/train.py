@@ -55,11 +55,11 @@ class PolicySnapshots(TrainerCallback):
     over-optimisation plot, without the optimiser state a resumable checkpoint carries. Written to a temporary
     folder and renamed, so a reader never sees half a snapshot."""
 
-    def __init__(self, steps, folder: Path):
-        self.steps, self.folder, self.trainer = set(steps), Path(folder), None
+    def __init__(self, trainer, steps, folder: Path):
+        self.trainer, self.steps, self.folder = trainer, set(steps), Path(folder)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step not in self.steps or self.trainer is None:
+        if state.global_step not in self.steps:
             return
         target = self.folder / f"step-{state.global_step}"
         partial = self.folder / f".step-{state.global_step}.partial"
@@ -75,10 +75,17 @@ def snapshot_dirs(stage_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint-N folders whose save finished (trainer_state.json is written last), by step."""
+    done = [p for p in Path(folder).glob("checkpoint-*")
+            if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
 def last_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint-N whose save finished (trainer_state.json is written last)."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists() and re.fullmatch(r"checkpoint-\d+", p.name)]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    """The newest complete checkpoint-N."""
+    done = complete_checkpoints(folder)
+    return done[-1] if done else None
 
 
 def _truncate_samples(path: Path, after_step: int) -> None:
@@ -254,9 +261,7 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
 
     trainer = build_trainer(config, run, prompts, preference_rows)
     if config.snapshot_steps:
-        snapshots = PolicySnapshots(config.snapshot_steps, stage_dir / "snapshots")
-        snapshots.trainer = trainer
-        trainer.add_callback(snapshots)
+        trainer.add_callback(PolicySnapshots(trainer, config.snapshot_steps, stage_dir / "snapshots"))
     tokenizer = trainer.processing_class
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -20,18 +20,22 @@ DEFAULT_REWARD_BACKBONE = "minilm-l6"
 LABEL_TARGET = 200  # labels the progress line counts towards (a reward model learns something from ~200 pairs)
 
 
-def prepare_for_decoding(model, rows: int):
+def prepare_for_decoding(model, rows: int, tuned: bool = False):
     """The app's models decode in bf16 where bf16 math is native, else in fp32 with MKL-prepacked weights.
 
     Measured on 2 AVX512-BF16 cores, one thread, a pair of 2 x 48 tokens of the default policy: 2.7 s in bf16 vs
     3.8 s prepacked fp32 (4.9 s plain fp32); bf16 vs fp32 next-token distributions on fp32 samples: KL 0.0012
-    nats/token (p99 0.005), same top token 97 % of the time, so the pairs are still samples of the policy."""
+    nats/token (p99 0.005), so the pairs are still samples of the policy.
+
+    `tuned=True` (RL policies, checkpoints, snapshots) always stays fp32: most of RL's weight updates are smaller than
+    bf16's resolution, so rounding erases them (the quick pipeline's policy: 67 % of the changed weights round back
+    to the base's bf16 value; sampled in bf16 it wins 0.65 against the base by gold instead of 0.73)."""
     import torch
 
     from workbench.generation import prepack_for_decoding
     from workbench.models import cpu_has_native_bf16
 
-    if model.device.type == "cpu" and cpu_has_native_bf16():
+    if not tuned and model.device.type == "cpu" and cpu_has_native_bf16():
         return model.to(torch.bfloat16)
     prepack_for_decoding(model, rows=rows)  # fp32 only
     return model
@@ -138,7 +142,7 @@ class AppContext:
                 if len(self._policies) >= 2:  # keep memory bounded: at most two extra models
                     self._policies.pop(next(iter(self._policies)))
                 model = load_checkpoint_policy(path, self.policy.name)  # fp32: a LoRA merge is exact there
-                model = prepare_for_decoding(model, rows=1)  # a second model writes its side alone
+                model = prepare_for_decoding(model, rows=1, tuned=True)  # a second model writes its side alone
                 self._policies[choice] = (stamp, model)
             return self._policies[choice][1], self.policy.tokenizer
 

@@ -110,8 +110,10 @@ def test_reusing_base_samples_gives_the_same_evaluation(tiny_policy):
                           base_samples=first["base_samples"])
 
 
-@pytest.mark.parametrize("bf16", [True, False])
-def test_evaluation_samples_under_autocast_and_scores_log_probs_outside_it(bf16, tiny_policy, monkeypatch):
+@pytest.mark.parametrize("precision, bf16", [({"bf16": True}, True), ({"bf16": False}, False), ({}, False)])
+def test_evaluation_samples_in_fp32_unless_asked_and_scores_log_probs_outside_autocast(precision, bf16, tiny_policy,
+                                                                                       monkeypatch):
+    # fp32 by default even where bf16 is native: bf16 rounding erases most of an RL run's weight updates
     import workbench.evaluation.policy_eval as policy_eval
 
     model, tokenizer = tiny_policy
@@ -126,7 +128,7 @@ def test_evaluation_samples_under_autocast_and_scores_log_probs_outside_it(bf16,
 
     monkeypatch.setattr(policy_eval, "generate", recording("generate", generate))
     monkeypatch.setattr(policy_eval, "completion_logprobs", recording("log-probs", logprobs))
-    evaluate_policies(model, model, tokenizer, LengthReward(), PolicyEvalConfig(n_prompts=2, max_new_tokens=4, bf16=bf16))
+    evaluate_policies(model, model, tokenizer, LengthReward(), PolicyEvalConfig(n_prompts=2, max_new_tokens=4, **precision))
     assert seen["generate"] == [bf16, bf16] and seen["log-probs"] == [False, False]
 
 

@@ -4,9 +4,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 from apps import compare, ranking, training
-from apps.context import AppContext, LoadedPolicy
+from apps.context import AppContext, LoadedPolicy, prepare_for_decoding
 from apps.handlers import InputError
 from apps.jobs import JobRunner
 
@@ -198,3 +199,17 @@ def test_rl_tab_and_compare_after_training(trained):
     assert {left, right} >= {left} and pair.tuned_side in ("left", "right")
     mixed = ranking.pair_for_prompt(trained, "Name a fruit.", trained.policy.name, "rl/policy")
     assert {mixed.model_a, mixed.model_b} == {"tiny-random-llama", "rl/policy"}
+
+
+def test_tuned_policies_decode_in_fp32_where_the_base_decodes_in_bf16(trained, tiny_policy, monkeypatch):
+    import copy
+
+    import workbench.models
+
+    monkeypatch.setattr(workbench.models, "cpu_has_native_bf16", lambda: True)
+    trained._policies.clear()  # loaded afresh under the patched CPU check
+    tuned, _ = trained.model_for("rl/policy")
+    assert next(tuned.parameters()).dtype == torch.float32  # bf16 would round most RL updates away
+    base = prepare_for_decoding(copy.deepcopy(tiny_policy[0]), rows=2)
+    assert next(base.parameters()).dtype == torch.bfloat16
+    trained._policies.clear()  # later tests load their own copies

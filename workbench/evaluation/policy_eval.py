@@ -27,7 +27,9 @@ class PolicyEvalConfig:
     seed: int = 0
     batch_size: int = 8
     oracle: str = "upbeat-concise"
-    bf16: bool | None = None  # sample under bf16 autocast; None = where bf16 math is native. Log-probs stay fp32
+    # fp32 sampling: the policy exactly as saved. bf16 autocast (True, or None = where bf16 math is native) is faster
+    # but rounds the weights, and most RL updates are below bf16's resolution (see `sampling_precision`)
+    bf16: bool | None = False
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1:

@@ -29,7 +29,7 @@ class EvaluateConfig:
     bon_prompts: int = 16  # held-out prompts for the best-of-n baseline (max_n samples each)
     bon_max_n: int = 16  # 0 skips best-of-n
     checkpoints: bool = True  # also place the saved RL checkpoints on the over-optimisation plot
-    bf16: bool | None = None  # sample under bf16 autocast; None = where bf16 math is native. KL log-probs stay fp32
+    bf16: bool | None = False  # fp32 sampling, the policies exactly as saved (see `PolicyEvalConfig.bf16`)
 
     def __post_init__(self) -> None:
         if not self.policy or not self.reward:

@@ -15,7 +15,7 @@ from workbench.models import load_reward_backbone, resolve_model
 from workbench.reward import RewardModel, RewardModelConfig, train_reward_model
 from workbench.rl import RLConfig, train_policy
 from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier, reward_chat_template
-from workbench.rl.train import build_trainer, dpo_rows, snapshot_dirs
+from workbench.rl.train import _common_args, build_trainer, dpo_rows, snapshot_dirs
 from workbench.runs import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -166,6 +166,17 @@ def test_eos_penalty_and_gold_logger(tmp_path):
     assert scores[0] > 0 > scores[1]
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [r["finished"] for r in rows] == [True, False] and rows[0]["prompt"] == "Hi"
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_policy_weights_stay_fp32_under_bf16_autocast(cuda, monkeypatch, tmp_path):
+    import workbench.rl.train as rl_train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(rl_train, "resolve_bf16", lambda bf16: True)
+    args = _common_args(RLConfig(reward="rm"), tmp_path)
+    # bf16 weights would round away most optimiser steps (a step of 1e-6 can move 0.4 % of the policy's weights)
+    assert args["bf16"] is True and args["model_init_kwargs"]["dtype"] == "float32"
 
 
 def test_dpo_rows_are_conversations():

@@ -43,7 +43,7 @@ class PipelinePreset:
     max_new_tokens: int = 40  # ~30 words, the top of the gold labeler's length window
     lora: bool = False
     save_steps: int = 14  # the step-14 checkpoint becomes a point on the over-optimisation plot
-    # weights after step 2 (KL 0.5-0.8 nats; after step 3 it was 2.4, beyond best-of-8's 1.2): RL vs best-of-n at a
+    # weights after step 2 (KL 0.5-1.0 nats; after step 3 it was 2.4, beyond best-of-8's 1.2): RL vs best-of-n at a
     # KL both have measured
     snapshot_steps: tuple[int, ...] = (2,)
     eval_prompts: int = 85  # all held-out prompts: the gold win rate CI is +-0.14 on 40, ~+-0.1 on 85

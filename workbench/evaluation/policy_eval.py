@@ -25,7 +25,7 @@ class PolicyEvalConfig:
     max_new_tokens: int = 48
     temperature: float = 0.7  # the RL sampling temperature: KL is measured between the tempered distributions
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int = 32  # prompts sampled together: 32 x 40 tokens of SmolLM2-135M in fp32 take 8.5 s, by 8 18.1 s
     oracle: str = "upbeat-concise"
     # fp32 sampling: the policy exactly as saved. bf16 autocast (True, or None = where bf16 math is native) is faster
     # but rounds the weights, and most RL updates are below bf16's resolution (see `sampling_precision`)

@@ -28,8 +28,7 @@ def prepare_for_decoding(model, rows: int, tuned: bool = False):
     nats/token (p99 0.005), so the pairs are still samples of the policy.
 
     `tuned=True` (RL policies, checkpoints, snapshots) always stays fp32: most of RL's weight updates are smaller than
-    bf16's resolution, so rounding erases them (the quick pipeline's policy: 67 % of the changed weights round back
-    to the base's bf16 value; sampled in bf16 it wins 0.65 against the base by gold instead of 0.73)."""
+    bf16's resolution, so rounding erases them (measured in `workbench.generation.sampling_precision`)."""
     import torch
 
     from workbench.generation import prepack_for_decoding

@@ -33,8 +33,8 @@ class PipelinePreset:
     # seeds (KL 15-16; bf16: 0.65 / 0.66 / 0.63). Variants of the 28 x 5e-5 run, three evaluation seeds each:
     # eos_penalty 0.25 0.75 / 0.66 / 0.73 (no better); 3 warm-up steps, bf16 0.65 / 0.69 / 0.69; a constant lr
     # instead of the linear decay, bf16 0.33 / 0.49 / 0.32 (gold fell below the base's at KL 21: over-optimised);
-    # LoRA r=16 at 3e-4, bf16 0.63 / 0.54 / 0.58 (KL 5). Against the gold itself instead of the RM (bf16): 16 x 2e-5 0.58,
-    # 28 x 5e-5 0.64, as far as the RM: at this budget the length of the run binds, not the RM.
+    # LoRA r=16 at 3e-4, bf16 0.63 / 0.54 / 0.58 (KL 5). Against the gold itself instead of the RM (bf16):
+    # 16 x 2e-5 0.58, 28 x 5e-5 0.64, as far as the RM: at this budget the length of the run binds, not the RM.
     rl_steps: int = 28  # ~15 s a step on a bf16 CPU
     beta: float = 0.05
     learning_rate: float = 5e-5

@@ -141,8 +141,6 @@ def cmd_prefs(args) -> None:
         to_parquet,
     )
 
-    if args.action != "stats" and not args.path:
-        raise ValueError(f"prefs {args.action} needs a PATH (a .jsonl/.parquet/.csv file or a folder)")
     store = _store(args.db)
     if args.action == "stats":
         print(json.dumps(store.stats(gold=get_oracle(args.oracle) if args.oracle else None)), file=args.stdout)
@@ -329,14 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("prefs", help="preference store: stats, export, import")
-    p.add_argument("action", choices=["stats", "export", "import"])
-    p.add_argument("path", nargs="?", help="export: .jsonl/.parquet/.csv or a folder; import: .jsonl/.parquet/folder")
-    p.add_argument("--db", required=True)
-    p.add_argument("--oracle", help="stats: also agreement with this gold labeler")
-    p.add_argument("--keep", default="A,B", help="export: choices to keep (default A,B; ties etc. are dropped)")
-    p.add_argument("--skip-invalid", action="store_true", help="import: import valid rows, report the rest")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_prefs)
+    # one subparser per action: options and the PATH positional may come in any order
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stats = actions.add_parser("stats", help="counts, position bias, agreement (JSON)")
+    stats.add_argument("--oracle", help="also agreement with this gold labeler")
+    export = actions.add_parser("export", help="current labels as a preference dataset")
+    export.add_argument("path", help=".jsonl/.parquet/.csv file or a folder (save_to_disk)")
+    export.add_argument("--keep", default="A,B", help="choices to keep (default A,B; ties etc. are dropped)")
+    imported = actions.add_parser("import", help="add a preference dataset to the store (validated row by row)")
+    imported.add_argument("path", help=".jsonl/.parquet file or a save_to_disk folder")
+    imported.add_argument("--skip-invalid", action="store_true", help="import valid rows, report the rest")
+    for action in (stats, export, imported):
+        action.add_argument("--db", required=True, help="SQLite preference store, e.g. runs/demo/prefs.sqlite")
+        action.add_argument("--json", action="store_true")
+        action.set_defaults(func=cmd_prefs)
 
     p = sub.add_parser("train-rm", help="train a reward model with TRL's RewardTrainer")
     p.add_argument("--db", help="preference store to train on")

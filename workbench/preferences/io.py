@@ -9,8 +9,12 @@ Export gives one row per current label, in TRL's preference format with an expli
     choice     the label ("A"/"B" = a real preference; tie/both_bad/skip only when asked for, chosen = left side)
     pair_id, annotator   where the row came from
 
-Import reads the same columns (`choice`, `annotator` optional) from .jsonl, .parquet, a `save_to_disk` folder or a
-`datasets.Dataset`. Every row is validated first; an import with a bad row writes nothing unless skip_invalid=True.
+`form="implicit"` writes TRL's implicit-prompt form instead (no prompt column; each side holds the prompt too).
+
+Import reads every form TRL's trainers read (explicit or implicit prompt, text or chat, HH dialogues: see
+`formats.py`), with `choice`, `annotator`, `score_chosen`, `score_rejected` and `margin` optional, from .jsonl,
+.parquet, a `save_to_disk` folder, a folder `load_dataset` reads, a Hub dataset name or a `datasets.Dataset`.
+Every row is validated first; an import with a bad row writes nothing unless skip_invalid=True.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
+import numbers
 import os
 import time
 import uuid
@@ -30,6 +36,7 @@ from typing import NamedTuple
 
 import datasets
 
+from workbench.preferences import formats
 from workbench.preferences.schema import CHOICES, Pair
 from workbench.preferences.store import MAX_ANNOTATOR_CHARS, PreferenceStore
 
@@ -37,17 +44,23 @@ IMPORT_MODEL = "import"  # model_a/model_b of imported pairs: which model wrote 
 _TEXT = datasets.Value("string")
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
 _CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")  # first characters a spreadsheet may run as a formula (OWASP)
+SCORE_COLUMNS = ("score_chosen", "score_rejected", "margin")  # optional numbers, kept with the pair
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")  # a name ending so is a file, never a Hub dataset
 
 
 class PreferenceImportError(ValueError):
     """A preference dataset with invalid rows; `.errors` lists them all, the message the first few."""
 
     def __init__(self, source: str, errors: list[RowError]):
-        self.errors = errors
-        shown = "\n  ".join(str(error) for error in errors[:10])
-        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        super().__init__(f"{source}: {len(errors)} invalid row(s); nothing was imported.\n  {shown}{more}\n"
-                         "Fix these rows, or pass skip_invalid=True to import only the valid ones.")
+        self.source, self.errors = source, errors
+        super().__init__(self.describe("pass skip_invalid=True to import only the valid ones"))
+
+    def describe(self, skip_hint: str) -> str:
+        """The message, with the way to skip invalid rows in the caller's terms (a CLI flag, a keyword argument)."""
+        shown = "\n  ".join(str(error) for error in self.errors[:10])
+        more = f"\n  ... and {len(self.errors) - 10} more" if len(self.errors) > 10 else ""
+        return (f"{self.source}: {len(self.errors)} invalid row(s); nothing was imported.\n  {shown}{more}\n"
+                f"Fix these rows, or {skip_hint}.")
 
 
 @dataclass(frozen=True)
@@ -72,45 +85,78 @@ class ImportReport:
 
 # -- export -------------------------------------------------------------------------------------------------------
 
-def export_preferences(store: PreferenceStore, keep: tuple[str, ...] = ("A", "B"),
-                       annotator: str | None = None) -> tuple[datasets.Dataset, dict]:
+def export_preferences(store: PreferenceStore, keep: tuple[str, ...] = ("A", "B"), annotator: str | None = None,
+                       form: str = "explicit") -> tuple[datasets.Dataset, dict]:
     """Current labels whose choice is in `keep` as a preference dataset, and a report of what was kept and dropped.
 
     Conversational when any exported prompt is chat messages (plain prompts then become one user message), plain
     text otherwise: TRL decides per row, so one dataset must not mix the two. Pairs whose two completions are
-    identical are dropped: they carry no preference.
+    identical are dropped: they carry no preference. `form="implicit"` drops the prompt column and puts the prompt
+    at the start of both sides (pairs imported from HH dialogues become that dialogue text again). Imported scores
+    come back as score_chosen/score_rejected (margin only when every row has one: TRL's collator needs all or none).
     """
     unknown = sorted(set(keep) - set(CHOICES))
     if unknown:
         raise ValueError(f"keep: unknown choice(s) {unknown}; choose from {CHOICES}.")
+    if form not in ("explicit", "implicit"):
+        raise ValueError(f"form: {form!r} is not a form the export writes; choose 'explicit' (prompt, chosen, "
+                         "rejected) or 'implicit' (chosen, rejected, each starting with the prompt).")
     labels = store.current_labels(annotator)
     pairs = {pair.pair_id: pair for pair in store.pairs()}
     kept = [label for label in labels if label.choice in keep]
     n_identical = len(kept)
     kept = [label for label in kept if pairs[label.pair_id].completion_a != pairs[label.pair_id].completion_b]
     n_identical -= len(kept)
-    conversational = any(not isinstance(pairs[label.pair_id].prompt, str) for label in kept)
+    conversational = any(not isinstance(pairs[label.pair_id].prompt, str) and not (
+        form == "implicit" and _imported(pairs[label.pair_id]).get("form") == "hh") for label in kept)
     columns: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "choice": [], "pair_id": [],
-                                "annotator": []}
+                                "annotator": [], **{name: [] for name in SCORE_COLUMNS}}
     for label in kept:
         pair = pairs[label.pair_id]
         # A (and every non-B choice) keeps the displayed order; B prefers the right side.
         chosen, rejected = (pair.completion_b, pair.completion_a) if label.choice == "B" else (
             pair.completion_a, pair.completion_b)
         prompt = pair.prompt
-        if conversational:
+        if form == "implicit":
+            hh = _imported(pair).get("form") == "hh"
+            chosen, rejected = formats.implicit_sides(prompt, chosen, rejected, hh, conversational)
+        elif conversational:
             prompt = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             chosen, rejected = [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
-        for name, value in zip(columns, (prompt, chosen, rejected, label.choice, label.pair_id, label.annotator)):
+        scores = _scores(pair, "b" if label.choice == "B" else "a")
+        for name, value in zip(columns, (prompt, chosen, rejected, label.choice, label.pair_id, label.annotator,
+                                         *scores)):
             columns[name].append(value)
-    form = _MESSAGES if conversational else _TEXT
-    features = datasets.Features({"prompt": form, "chosen": form, "rejected": form, "choice": _TEXT,
-                                  "pair_id": _TEXT, "annotator": _TEXT})
+    kind = _MESSAGES if conversational else _TEXT
+    features = {"prompt": kind, "chosen": kind, "rejected": kind, "choice": _TEXT, "pair_id": _TEXT,
+                "annotator": _TEXT, **{name: datasets.Value("float64") for name in SCORE_COLUMNS}}
+    if form == "implicit":
+        del columns["prompt"], features["prompt"]
+    for name in SCORE_COLUMNS:
+        values = columns[name]
+        if all(value is None for value in values) or (name == "margin" and None in values):
+            del columns[name], features[name]
     report = {"n_rows": len(kept), "format": "conversational" if conversational else "text",
               "kept": dict(Counter(label.choice for label in kept)),
               "dropped": dict(Counter(label.choice for label in labels if label.choice not in keep)),
               "dropped_identical": n_identical}
-    return datasets.Dataset.from_dict(columns, features=features), report
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features)), report
+
+
+def _imported(pair: Pair) -> dict:
+    """What an import kept with the pair (its source form, its scores); empty for generated pairs."""
+    return pair.generation.get("import", {})
+
+
+def _scores(pair: Pair, chosen_side: str) -> tuple[float | None, float | None, float | None]:
+    """(score_chosen, score_rejected, margin) for a label preferring `chosen_side`; the imported margin only holds
+    for the side the import chose."""
+    kept = _imported(pair)
+    if "chosen_side" not in kept:
+        return None, None, None
+    same = kept["chosen_side"] == chosen_side
+    first, second = kept.get("score_chosen"), kept.get("score_rejected")
+    return (first, second, kept.get("margin")) if same else (second, first, None)
 
 
 @contextmanager
@@ -162,22 +208,35 @@ def _csv_cell(value) -> str:
 # -- import -------------------------------------------------------------------------------------------------------
 
 def import_preferences(source: str | Path | datasets.Dataset, store: PreferenceStore | None = None, *,
-                       max_chars: int = 8000, skip_invalid: bool = False, annotator: str = "import") -> ImportReport:
-    """Validate a preference dataset and (given a store) add it: each row becomes a Pair with chosen on the left and
-    a label "A", by the row's `annotator` column, else by `annotator`. A `choice` column (as `export_preferences`
-    writes it) is honoured, so export -> import -> export is exact: "B" puts chosen back on the right and labels
-    "B"; tie/both_bad/skip keep chosen on the left with that label.
+                       max_chars: int = 8000, skip_invalid: bool = False, annotator: str = "import",
+                       split: str | None = None, limit: int | None = None, prompt_column: str = "prompt",
+                       chosen_column: str = "chosen", rejected_column: str = "rejected") -> ImportReport:
+    """Validate a preference dataset and (given a store) add it: each row becomes a Pair and a label, by the row's
+    `annotator` column, else by `annotator`. Without a `choice` column, chosen is put on a side drawn from the row's
+    content and the label names it ("A" = left), so position-bias figures stay meaningful.
+    A `choice` column (as `export_preferences` writes it) is honoured, so export -> import -> export is exact: "B"
+    puts chosen back on the right and labels "B"; tie/both_bad/skip keep chosen on the left with that label.
 
-    Idempotent: pair ids and submission ids derive from the row content, so importing a file twice adds nothing.
-    Texts longer than `max_chars` characters (prompt: all messages together) are rejected as too long for the model.
+    Rows may be in any form of `formats.py` (one form per source); implicit prompts are extracted as TRL does.
+    `*_column` read other column names; `split` picks a split of a dataset with several, `limit` reads the first
+    rows only. Idempotent: pair ids and submission ids derive from the row content, so importing a file twice adds
+    nothing. Texts longer than `max_chars` characters (prompt: all messages together) are rejected as too long.
     """
-    name, rows, unreadable = _read_rows(source)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of rows or None, got {limit!r}.")
+    name, rows, unreadable = _read_rows(source, split, limit)
+    mapping = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
+    _check_columns(name, rows, mapping)
     errors, records = list(unreadable), []
     for number, row in rows:
-        record, row_errors = _validate_row(number, row, max_chars, annotator)
-        errors.extend(row_errors)
+        record, row_errors = _validate_row(number, _renamed(row, mapping), max_chars, annotator)
+        errors.extend(RowError(e.row, mapping.get(e.field, e.field), e.message) for e in row_errors)
         if record is not None:
-            records.append(record)
+            records.append((number, record))
+    records, mixed = _one_form(records)
+    errors.extend(RowError(e.row, mapping.get(e.field, e.field), e.message) for e in mixed)
+    if not rows and not unreadable:
+        raise ValueError(f"{name}: no rows to import (the source is empty); check the file.")
     errors.sort(key=lambda error: error.row)
     if errors and not skip_invalid:
         raise PreferenceImportError(name, errors)
@@ -190,8 +249,10 @@ def import_preferences(source: str | Path | datasets.Dataset, store: PreferenceS
         for record in records:
             # Left/right as the export showed them: chosen is on the right only for a "B".
             a, b = (record.rejected, record.chosen) if record.choice == "B" else (record.chosen, record.rejected)
-            pairs.append(Pair(Pair.make_id(record.prompt, a, b, IMPORT_MODEL, IMPORT_MODEL), record.prompt, a, b,
-                              IMPORT_MODEL, IMPORT_MODEL, swapped=False, created_at=now))
+            pair_id = Pair.make_id(record.prompt, a, b, IMPORT_MODEL, IMPORT_MODEL)
+            pairs.append(_stored_pair(store, pair_id) or Pair(
+                pair_id, record.prompt, a, b, IMPORT_MODEL, IMPORT_MODEL, swapped=False,
+                generation=_provenance(record, "a" if a == record.chosen else "b"), created_at=now))
         store.add_pairs(pairs)
         for pair, record in zip(pairs, records):
             content = json.dumps(record, ensure_ascii=False, sort_keys=True)
@@ -201,34 +262,79 @@ def import_preferences(source: str | Path | datasets.Dataset, store: PreferenceS
     return report
 
 
-def _read_rows(source) -> tuple[str, list[tuple[int, object]], list[RowError]]:
-    """(name, [(row number, row)], errors of lines that could not be read)."""
-    if isinstance(source, datasets.DatasetDict):
-        raise ValueError(f"import_preferences: got a DatasetDict with splits {list(source)}; pass one split, "
-                         "e.g. dataset['train'].")
-    if isinstance(source, datasets.Dataset):
-        return "dataset", list(enumerate(source.to_list(), start=1)), []
+def _read_rows(source, split: str | None = None,
+               limit: int | None = None) -> tuple[str, list[tuple[int, object]], list[RowError]]:
+    """(name, [(row number, row)], errors of lines that could not be read), the first `limit` rows only."""
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return "dataset", _numbered(_one_split(source, "dataset", split), limit), []
     path = Path(source).expanduser()
     if path.is_dir():
         try:
-            loaded = datasets.load_from_disk(str(path))
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"{path}: not a folder written by Dataset.save_to_disk ({error}); give a .jsonl, "
-                                    ".parquet or save_to_disk folder.") from None
-        if isinstance(loaded, datasets.DatasetDict):
-            raise ValueError(f"{path}: holds splits {list(loaded)}; import one, e.g. "
-                             f"import_preferences(datasets.load_from_disk({str(path)!r})['train'], store).")
-        return str(path), list(enumerate(loaded.to_list(), start=1)), []
+            if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():  # written by save_to_disk
+                loaded = datasets.load_from_disk(str(path))
+            else:  # a folder of .jsonl/.parquet files (split names from the file names), as load_dataset reads it
+                loaded = datasets.load_dataset(_data_files_kind(path), data_dir=str(path), split=split)
+        except (FileNotFoundError, ValueError) as error:
+            raise FileNotFoundError(f"{path}: not a folder written by Dataset.save_to_disk, nor one of .jsonl/.parquet "
+                                    f"files load_dataset reads ({error}); give a .jsonl or .parquet file or such a "
+                                    "folder.") from None
+        return str(path), _numbered(_one_split(loaded, str(path), split), limit), []
+    if not path.exists() and not str(source).startswith(("/", ".", "~")) and path.suffix not in _FILE_SUFFIXES:
+        return str(source), _numbered(_one_split(_load_hub(str(source), split), str(source), split), limit), []
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder; give a .jsonl, .parquet or save_to_disk folder.")
     if path.suffix == ".parquet":
         import pyarrow.parquet
 
-        return str(path), list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1)), []
+        rows = pyarrow.parquet.read_table(path).to_pylist()[:limit]
+        return str(path), list(enumerate(rows, start=1)), []
     if path.suffix == ".jsonl":
-        return (str(path), *_read_jsonl(path))
+        rows, errors = _read_jsonl(path)
+        if limit is not None:  # the first `limit` non-blank lines, readable or not
+            last = sorted([number for number, _ in rows] + [error.row for error in errors] + [math.inf])[limit - 1]
+            rows, errors = [r for r in rows if r[0] <= last], [e for e in errors if e.row <= last]
+        return str(path), rows, errors
     raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .parquet or a save_to_disk folder "
                      "(CSV exports are for reading only).")
+
+
+def _data_files_kind(folder: Path) -> str:
+    """The `load_dataset` builder for a folder's data files: "json" or "parquet", one kind only (CSV exports are
+    lossy, and a folder of several kinds leaves unclear which files are the data)."""
+    suffixes = {p.suffix for p in folder.rglob("*") if p.is_file() and p.suffix in _FILE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
+    kinds = {{".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix, suffix) for suffix in suffixes}
+    if len(kinds) != 1 or not kinds <= {"json", "parquet"}:
+        raise FileNotFoundError(f"it holds {sorted(suffixes) or 'no data files'}; a folder of data files holds "
+                                ".jsonl or .parquet files, one kind")
+    return kinds.pop()
+
+
+def _load_hub(name: str, split: str | None):
+    """A dataset on the Hugging Face Hub (or in the local datasets cache when offline)."""
+    try:
+        return datasets.load_dataset(name, split=split)
+    except Exception as error:  # datasets raises many kinds here (offline, unknown repo, bad split): say which
+        raise FileNotFoundError(f"{name}: no such file or folder, and loading it as a Hub dataset failed "
+                                f"({type(error).__name__}: {str(error)[:300]}); check the name, or download it "
+                                "first when offline.") from None
+
+
+def _one_split(loaded, name: str, split: str | None) -> datasets.Dataset:
+    if not isinstance(loaded, datasets.DatasetDict):
+        return loaded
+    if split is None and len(loaded) == 1:
+        return next(iter(loaded.values()))
+    if split not in loaded:
+        asked = "holds splits" if split is None else f"has no split {split!r}; it holds"
+        raise ValueError(f"{name}: {asked} {list(loaded)}; import one with split='train' (--split train).")
+    return loaded[split]
+
+
+def _numbered(dataset: datasets.Dataset, limit: int | None) -> list[tuple[int, object]]:
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.select(range(limit))
+    return list(enumerate(dataset.to_list(), start=1))
 
 
 def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[RowError]]:
@@ -245,6 +351,9 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[RowError]]:
                                                      "the file as UTF-8."))
         except json.JSONDecodeError as error:
             errors.append(RowError(number, "(line)", f"not valid JSON ({error.msg} at column {error.colno})."))
+        except RecursionError:  # e.g. [[[[...]]]] 200,000 deep: no preference row nests like that
+            errors.append(RowError(number, "(line)", "nested too deeply to be a preference row (arrays/objects "
+                                                     "inside each other thousands of times)."))
     return rows, errors
 
 
@@ -255,7 +364,10 @@ class _Record(NamedTuple):
     chosen: str
     rejected: str
     annotator: str
-    choice: str  # the row's `choice`, "A" when it has none
+    choice: str  # the row's `choice`; when it has none, "A" or "B" drawn from its content (chosen's side)
+    form: str  # formats.EXPLICIT_TEXT, ...: one source holds one form
+    hh: bool  # an HH dialogue: the implicit export writes it back as that text
+    scores: dict  # score_chosen / score_rejected / margin the row had
 
 
 def _validate_row(number: int, row, max_chars: int, default_annotator: str) -> tuple[_Record | None, list[RowError]]:
@@ -263,27 +375,133 @@ def _validate_row(number: int, row, max_chars: int, default_annotator: str) -> t
     if not isinstance(row, dict):
         return None, [RowError(number, "(line)", f"must be an object with prompt/chosen/rejected, got "
                                                  f"{type(row).__name__}.")]
-    errors = []
-    values = {}
-    for name, check in (("prompt", _prompt), ("chosen", _completion), ("rejected", _completion)):
-        if row.get(name) is None:
-            errors.append(RowError(number, name, "missing; every row needs prompt, chosen and rejected."))
-            continue
-        try:
-            values[name] = check(row[name], max_chars)
-        except ValueError as error:
-            errors.append(RowError(number, name, str(error)))
+    form = formats.row_form(row)
+    if form in (formats.IMPLICIT_TEXT, formats.IMPLICIT_CHAT):
+        values, hh, errors = _implicit(number, row, form, max_chars)
+    else:
+        values, hh, errors = {}, False, []
+        for name, check in (("prompt", _prompt), ("chosen", _completion), ("rejected", _completion)):
+            if row.get(name) is None:
+                errors.append(RowError(number, name, "missing; every row needs prompt, chosen and rejected."))
+                continue
+            try:
+                values[name] = check(row[name], max_chars)
+            except ValueError as error:
+                errors.append(RowError(number, name, str(error)))
     if "chosen" in values and "rejected" in values and values["chosen"] == values["rejected"]:
-        errors.append(RowError(number, "rejected", "same text as chosen; a preference needs two different texts."))
+        after = " once the shared prompt is taken off" if form in (formats.IMPLICIT_TEXT, formats.IMPLICIT_CHAT) else ""
+        errors.append(RowError(number, "rejected", f"same text as chosen{after}; a preference needs two different "
+                                                   "texts."))
+    scores = {}
+    for name in SCORE_COLUMNS:
+        value = row.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            errors.append(RowError(number, name, f"must be a finite number (or empty), got {_describe(value)}."))
+        else:
+            scores[name] = float(value)
     annotator = row.get("annotator") or default_annotator
     if not isinstance(annotator, str) or not annotator.strip() or len(annotator) > MAX_ANNOTATOR_CHARS:
         errors.append(RowError(number, "annotator", f"must be text of 1 to {MAX_ANNOTATOR_CHARS} characters."))
-    choice = row.get("choice") or "A"
+    # No choice column: chosen goes on a side drawn from the row's content (reproducible, so a re-import adds
+    # nothing) and the label records it, so imports do not read as a labeller always picking A.
+    choice = row.get("choice") or ("A" if hashlib.sha256(repr(sorted(values.items())).encode("utf-8", "replace"))
+                                   .digest()[0] % 2 else "B")
     if choice not in CHOICES:
         errors.append(RowError(number, "choice", f"must be one of {CHOICES}, got {choice!r:.40}."))
     if errors:
         return None, errors
-    return _Record(values["prompt"], values["chosen"], values["rejected"], annotator, choice), []
+    return _Record(values["prompt"], values["chosen"], values["rejected"], annotator, choice, form, hh, scores), []
+
+
+def _implicit(number: int, row: dict, form: str, max_chars: int) -> tuple[dict, bool, list[RowError]]:
+    """(prompt/chosen/rejected, is an HH dialogue, errors) of a row whose prompt is inside both sides."""
+    chat = form == formats.IMPLICIT_CHAT
+    sides, errors = {}, []
+    for name in ("chosen", "rejected"):
+        value = row.get(name)
+        try:
+            if value is None:
+                raise ValueError("missing; a row without a prompt column needs chosen and rejected, each holding "
+                                 "the prompt and its reply.")
+            if chat != isinstance(value, list):
+                raise ValueError(f"must be {'a message list' if chat else 'text'}, like chosen, got {_describe(value)}.")
+            sides[name] = _prompt(value, math.inf) if chat else _completion(value, math.inf)  # lengths: on the parts
+        except ValueError as error:
+            errors.append(RowError(number, name, str(error)))
+    if errors:
+        return {}, False, errors
+    try:
+        if chat:
+            prompt, chosen, rejected, hh = (*formats.extract_chat(sides["chosen"], sides["rejected"]), False)
+        else:
+            prompt, chosen, rejected, hh = formats.extract_text(sides["chosen"], sides["rejected"])
+    except formats.FormError as error:
+        return {}, False, [RowError(number, error.field, str(error))]
+    values = {}
+    for name, value, check in (("prompt", prompt, _prompt), ("chosen", chosen, _completion),
+                               ("rejected", rejected, _completion)):
+        try:
+            values[name] = check(value, max_chars)
+        except ValueError as error:
+            where = "the shared prompt" if name == "prompt" else f"the reply after the shared prompt"
+            errors.append(RowError(number, "chosen" if name == "prompt" else name, f"{where}: {error}"))
+    return values, hh, errors
+
+
+def _one_form(records: list[tuple[int, _Record]]) -> tuple[list[_Record], list[RowError]]:
+    """The records in the source's main form, and an error for each row in another: TRL reads a dataset in one form."""
+    if not records:
+        return [], []
+    forms = Counter(record.form for _, record in records)
+    main = forms.most_common(1)[0][0]  # ties: the form met first
+    example = next(number for number, record in records if record.form == main)
+    errors = []
+    for number, record in records:
+        if record.form == main:
+            continue
+        if main.startswith("explicit") and record.form.startswith("implicit"):
+            errors.append(RowError(number, "prompt", f"missing; every row needs prompt, chosen and rejected, as row "
+                                                     f"{example} has (a file in the implicit form has no prompt at all)."))
+        else:
+            errors.append(RowError(number, "(form)", f"{record.form} form, but the file is in the {main} form (row "
+                                                     f"{example}); one file holds one form, as TRL reads it."))
+    return [record for _, record in records if record.form == main], errors
+
+
+def _renamed(row, mapping: dict[str, str]):
+    """The row with its mapped columns under the names prompt/chosen/rejected."""
+    if not isinstance(row, dict) or all(source == target for target, source in mapping.items()):
+        return row
+    renamed = {key: value for key, value in row.items() if mapping.get(key, key) == key}
+    renamed.update({target: row[source] for target, source in mapping.items() if source in row})
+    return renamed
+
+
+def _check_columns(name: str, rows: list[tuple[int, object]], mapping: dict[str, str]) -> None:
+    """A column named in the mapping that no row has is a typo: say which columns there are."""
+    seen = set().union(*(row.keys() for _, row in rows if isinstance(row, dict)))
+    for target, source in mapping.items():
+        if source != target and source not in seen:
+            raise ValueError(f"{name}: no column {source!r} (given as the {target} column); the rows have "
+                             f"{sorted(seen)}.")
+
+
+def _stored_pair(store: PreferenceStore, pair_id: str) -> Pair | None:
+    """The pair already stored under this id: it keeps what it has (e.g. the form it was first imported in)."""
+    try:
+        return store.get_pair(pair_id)
+    except KeyError:
+        return None
+
+
+def _provenance(record: _Record, chosen_side: str) -> dict:
+    """What an imported pair keeps in `Pair.generation`: its source form when an export needs it, its scores."""
+    kept = {"form": "hh"} if record.hh else {}
+    if record.scores:
+        kept.update(record.scores, chosen_side=chosen_side)
+    return {"import": kept} if kept else {}
 
 
 def _prompt(value, max_chars: int) -> str | list[dict]:
@@ -323,6 +541,11 @@ def _check_length(text: str, max_chars: int) -> None:
     if len(text) > max_chars:
         raise ValueError(f"{len(text)} characters, too long for the model (max_chars={max_chars}); shorten or drop "
                          "the row, or raise max_chars.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate, e.g. the JSON escape "\\ud800" without its pair
+        raise ValueError(f"character {error.start + 1} is a lone surrogate ({text[error.start]!r}), which is not text; "
+                         "fix that escape in the file.") from None
 
 
 def _describe(value) -> str:

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from workbench import cli_checks
 from workbench.runs import ConfigError, config_from_dict, load_config
 
 
@@ -66,9 +67,13 @@ def cmd_generate(args) -> None:
     if (args.prompt is None) == (args.prompts is None):
         raise SystemExit("error: give exactly one of --prompt TEXT or --prompts FILE")
     prompts = [args.prompt] * args.n if args.prompt is not None else [r.prompt for r in load_prompts(args.prompts)]
+    where = "--prompt" if args.prompt is not None else f"--prompts {args.prompts}"
+    cli_checks.check_prompt_chars(prompts, where)  # before the model loads: a huge prompt is refused at once
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, batch_size=args.batch_size, show_progress=not args.json)
     model, tokenizer = load_policy(args.model, dtype=args.dtype)
+    cli_checks.check_prompt_tokens(tokenizer.encode, prompts, where, getattr(model.config, "max_position_embeddings",
+                                                                             None), args.max_new_tokens)
     for completion in generate(model, tokenizer, prompts, config):
         if args.json:
             print(json.dumps({"prompt": completion.prompt, "completion": completion.text,
@@ -98,10 +103,10 @@ def cmd_sft(args) -> None:
     _print(supervised_finetune(config, args.out), args)
 
 
-def _store(path: str):
+def _store(path: str, read_only: bool = False):
     from workbench.preferences import PreferenceStore
 
-    return PreferenceStore(path)
+    return PreferenceStore(path, read_only=read_only)  # read_only: a command that only reads never creates a store
 
 
 def cmd_pairs(args) -> None:
@@ -134,6 +139,7 @@ def cmd_label(args) -> None:
 def cmd_prefs(args) -> None:
     from workbench.oracles import get_oracle
     from workbench.preferences import (
+        PreferenceImportError,
         export_preferences,
         import_preferences,
         to_csv,
@@ -141,7 +147,7 @@ def cmd_prefs(args) -> None:
         to_parquet,
     )
 
-    store = _store(args.db)
+    store = _store(args.db, read_only=args.action != "import")
     if args.action == "stats":
         print(json.dumps(store.stats(gold=get_oracle(args.oracle) if args.oracle else None)), file=args.stdout)
     elif args.action == "export":
@@ -153,7 +159,10 @@ def cmd_prefs(args) -> None:
             writer(dataset, args.path)
         _print({"path": args.path, **report}, args)
     else:
-        report = import_preferences(args.path, store, skip_invalid=args.skip_invalid)
+        try:
+            report = import_preferences(args.path, store, skip_invalid=args.skip_invalid)
+        except PreferenceImportError as error:
+            raise ValueError(error.describe("add --skip-invalid to import only the valid ones")) from None
         _print({"path": args.path, "n_rows": report.n_rows, "n_imported": report.n_imported,
                 "n_skipped": report.n_skipped, "errors": [str(e) for e in report.errors[:20]]}, args)
 
@@ -166,7 +175,7 @@ def cmd_train_rm(args) -> None:
         raise ValueError("give exactly one of --db PATH or --dataset PATH")
     config = _config(RewardModelConfig, args, {"backbone": "backbone", "epochs": "epochs", "seed": "seed",
                                                "oracle": "oracle", "resume": "resume", "bf16": "bf16"})
-    store = _store(args.db or str(Path(args.out) / "prefs.sqlite"))
+    store = _store(args.db, read_only=True) if args.db else _store(str(Path(args.out) / "prefs.sqlite"))
     if args.dataset:  # validated row by row; nothing lands unless all rows are valid
         import_preferences(args.dataset, store)
     dataset, report = export_preferences(store)
@@ -185,7 +194,7 @@ def _preference_rows(args) -> list[dict]:
     if args.prefs:
         if not Path(args.prefs).exists():
             raise FileNotFoundError(f"--prefs {args.prefs}: no such preference store")
-        with _store(args.prefs) as store:
+        with _store(args.prefs, read_only=True) as store:
             return export_preferences(store)[0].to_list()
     return []
 
@@ -426,15 +435,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from workbench.data import PromptFileError
     from workbench.models import ModelNotFoundError
+    from workbench.preferences.store import StoreError
 
     args = build_parser().parse_args(argv)
     args.stdout = sys.stdout  # with --json, stdout carries only JSON: library chatter (trainer logs) goes to stderr
+    created = cli_checks.new_outputs(args)  # removed again if the command is refused
     try:
+        cli_checks.check_args(args)
         with contextlib.redirect_stdout(sys.stderr if getattr(args, "json", False) else sys.stdout):
             args.func(args)
     except (ConfigError, PromptFileError, ModelNotFoundError, ValueError, KeyError, FileNotFoundError,
-            FileExistsError) as error:
-        print(f"workbench {args.command}: error: {error}", file=sys.stderr)
+            FileExistsError, StoreError) as error:
+        cli_checks.remove_new_outputs(created)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its text
+        print(f"workbench {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

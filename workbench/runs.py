@@ -86,7 +86,15 @@ def load_config(cls: type[ConfigT], path: str | Path) -> ConfigT:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found.")
-    text = path.read_text()
+    if not path.is_file():
+        raise ConfigError(f"{path}: is a folder, not a config file; give a .yaml or .json file.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not valid UTF-8 (byte {error.start}); re-save the file as "
+                          "UTF-8.") from None
     try:
         data = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:

@@ -6,6 +6,10 @@ a client-chosen `submission_id`, unique in the table, so a re-sent request retur
 
 Safe from many threads (one connection per thread) and several processes (WAL journal, `BEGIN IMMEDIATE` for every
 write, a 30 s busy timeout). `synchronous=FULL` makes each commit durable before it returns.
+
+Faults (disk full, store turned read-only, write lock held past the busy timeout, damaged file) raise `StoreError`
+with what to do; the write is rolled back (never acknowledged), reads go on where SQLite can serve them, and the
+next write opens a fresh connection, so the store recovers by itself once the fault is gone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,25 +69,53 @@ _CURRENT = ("SELECT * FROM labels l WHERE l.revision = "
             "(SELECT MAX(m.revision) FROM labels m WHERE m.pair_id = l.pair_id AND m.annotator = l.annotator)")
 
 
-class PreferenceStore:
-    """Pairs and labels of one run. Open one per process; it opens a SQLite connection per thread on demand."""
+class StoreError(RuntimeError):
+    """The store cannot be used as asked (damaged, read-only, disk full, locked); the message names it and the fix."""
 
-    def __init__(self, path: str | Path):
+
+class PreferenceStore:
+    """Pairs and labels of one run. Open one per process; it opens a SQLite connection per thread on demand.
+
+    read_only: open an existing store for reading only (never created, never written; commands that only read).
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only, self.busy_timeout_s = read_only, busy_timeout_s
+        if read_only and not self.path.is_file():
+            raise StoreError(f"{self.path}: no such preference store; check the path.")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()  # .connection, .pid, .depth (transaction nesting) of the calling thread
         self._opened: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection) of every connection, for close()
         self._opened_lock = threading.Lock()
         self._write_lock = threading.Lock()  # threads of this process queue here, not in SQLite's sleep-and-retry
         self._pid = os.getpid()  # a forked child gets a fresh write lock (the parent's may be held forever)
-        with self.transaction() as connection:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: preference store schema {version} is newer than this workbench "
-                                   f"understands ({SCHEMA_VERSION}); upgrade workbench to open it.")
-            for statement in _SCHEMA:
-                connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            version = self._check_file()
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise StoreError(_fault_message(self.path, error, self.busy_timeout_s, opening=True)) from None
+        if version > SCHEMA_VERSION:
+            self.close()
+            raise StoreError(f"{self.path}: preference store schema {version} is newer than this workbench "
+                             f"understands ({SCHEMA_VERSION}); upgrade workbench to open it.")
+        if version < SCHEMA_VERSION and read_only:
+            self.close()
+            raise StoreError(f"{self.path}: not a preference store (a SQLite file without the workbench's tables).")
+        if version < SCHEMA_VERSION:  # a new store: only then is the write lock needed to open it
+            with self.transaction() as connection:
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_file(self) -> int:
+        """The schema version, after SQLite's quick check of every page (a truncated or damaged file fails here)."""
+        connection = self.connection()
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({'; '.join(problems)[:300]})")
+        return connection.execute("PRAGMA user_version").fetchone()[0]
 
     def __repr__(self) -> str:
         return f"PreferenceStore({str(self.path)!r})"
@@ -112,16 +145,27 @@ class PreferenceStore:
         if self._pid != os.getpid():
             self._write_lock, self._pid = threading.Lock(), os.getpid()
         # isolation_level=None: no implicit transactions, we issue BEGIN IMMEDIATE / COMMIT ourselves.
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        target = f"{self.path.absolute().as_uri()}?mode=ro" if self.read_only else self.path
+        try:
+            connection = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False, uri=self.read_only)
+        except sqlite3.Error as error:
+            raise StoreError(_fault_message(self.path, error, self.busy_timeout_s, opening=True)) from None
         connection.row_factory = sqlite3.Row
-        connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")  # set before the WAL switch locks
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")  # before the WAL switch
+            if not self.read_only:  # a reader reads any journal mode; a writer needs WAL
+                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StoreError(f"{self.path}: SQLite could not use its WAL journal (got {mode!r}); keep the "
+                                     "store on a local, writable filesystem (not a network share).")
+            connection.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit: acknowledged = on disk
+            connection.execute("PRAGMA foreign_keys = ON")  # a label must point at a stored pair
+        except (sqlite3.Error, StoreError) as error:
             connection.close()
-            raise RuntimeError(f"{self.path}: SQLite could not use its WAL journal (got {mode!r}); keep the store on a "
-                               "local, writable filesystem (not a network share).")
-        connection.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit: acknowledged means on disk
-        connection.execute("PRAGMA foreign_keys = ON")  # a label must point at a stored pair
+            if isinstance(error, StoreError):
+                raise
+            raise StoreError(_fault_message(self.path, error, self.busy_timeout_s, opening=True)) from None
         local.connection, local.pid, local.depth = connection, os.getpid(), 0
         with self._opened_lock:
             self._opened.append((os.getpid(), connection))
@@ -147,18 +191,37 @@ class PreferenceStore:
                 self._local.depth -= 1
                 connection.execute("RELEASE nested")
             return
+        if self.read_only:
+            raise StoreError(f"{self.path}: opened read-only; nothing can be written through this store.")
         with self._write_lock:
-            connection.execute("BEGIN IMMEDIATE")  # take the file's write lock now: writers never deadlock on upgrade
             self._local.depth = 1
             try:
+                connection.execute("BEGIN IMMEDIATE")  # take the write lock now: writers never deadlock on upgrade
                 yield connection
                 connection.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._abandon(connection)
+                if isinstance(error, sqlite3.IntegrityError):
+                    raise
+                raise StoreError(_fault_message(self.path, error, self.busy_timeout_s)) from error
             except BaseException:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
             finally:
                 self._local.depth = 0
+
+    def _abandon(self, connection: sqlite3.Connection) -> None:
+        """After a failed write: roll back, and drop this thread's connection so the next use opens a fresh one
+        (a connection SQLite opened read-only stays read-only after the file is writable again)."""
+        with contextlib.suppress(sqlite3.Error):
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+        with self._opened_lock:
+            self._opened = [(pid, c) for pid, c in self._opened if c is not connection]
+        with contextlib.suppress(sqlite3.Error):
+            connection.close()
+        self._local.pid = None
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -253,6 +316,10 @@ class PreferenceStore:
         """Whether a label with this submission_id has been committed (a client can check before re-sending)."""
         return self._existing(self.connection(), submission_id) is not None
 
+    def label_for_submission(self, submission_id: str) -> Label | None:
+        """The label this submission_id made (on whichever pair), or None when none has been committed."""
+        return self._existing(self.connection(), submission_id)
+
     def current_labels(self, annotator: str | None = None, include_undone: bool = False) -> list[Label]:
         """The latest revision per (pair, annotator), in commit order; undone ones only with include_undone."""
         sql, params = _current_sql(annotator, include_undone)
@@ -329,6 +396,28 @@ class PreferenceStore:
             result["gold_agreement"] = {**_share([h for hs in hits.values() for h in hs], "share"),
                                         "per_annotator": {a: _share(hs, "share") for a, hs in hits.items()}}
         return result
+
+
+def _fault_message(path: Path, error: sqlite3.Error, busy_timeout_s: float, opening: bool = False) -> str:
+    """What a SQLite error means for the person using the store, and what to do about it."""
+    text = str(error)
+    lowered = text.lower()
+    if "disk is full" in lowered or "disk i/o error" in lowered:
+        return (f"labels cannot be saved: writing {path} failed ({text}); the disk is likely full: free some space. "
+                "Nothing was saved; the store resumes by itself once it can write.")
+    if "readonly" in lowered or "read-only" in lowered:
+        return (f"labels cannot be saved: {path} is read-only ({text}); make the file and its folder writable again "
+                "(e.g. chmod u+w). Nothing was saved; reads still work.")
+    if "locked" in lowered or "busy" in lowered:
+        return (f"labels cannot be saved: another process has held {path}'s write lock for over {busy_timeout_s:g} s "
+                f"({text}); finish or stop it (another workbench command or app on this store). Nothing was saved.")
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return (f"{path} is damaged ({text}); it cannot be used. Move it aside and restore a backup (or re-import an "
+                "export with `workbench prefs import`).")
+    if opening or "unable to open" in lowered:
+        return (f"{path}: the preference store cannot be opened ({text}); check that the path is a file you may read "
+                "and write, on a local disk.")
+    return f"labels cannot be saved: {path}: {text}. Nothing was saved."
 
 
 def cohens_kappa(labels1: Sequence[str], labels2: Sequence[str]) -> float:

@@ -25,6 +25,7 @@ from apps.handlers import (
 )
 from workbench.data import PromptRecord
 from workbench.preferences import CHOICES, Label, Pair, PairConfig, make_pairs, stream_pair
+from workbench.preferences.formats import conversation_text
 
 CHOICE_NAMES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
 ACTIVE_POOL = 4  # active selection picks among at least this many unlabelled pairs
@@ -78,7 +79,8 @@ class Shown:
 
     @classmethod
     def stored(cls, pair: Pair, note: str = "") -> Shown:
-        return cls(pair.prompt_text, pair.completion_a, pair.completion_b, note, pair)
+        # the whole conversation: a reply to a multi-turn prompt is judged in its context
+        return cls(conversation_text(pair.prompt), pair.completion_a, pair.completion_b, note, pair)
 
 
 def _models(ctx: AppContext, model_a: str | None, model_b: str | None) -> tuple[str, str, tuple, tuple | None]:
@@ -208,7 +210,7 @@ def next_pair(ctx: AppContext, annotator: str, active: bool = False, model_a: st
 
 def pair_payload(pair: Pair) -> dict:
     """What a client sees of a pair: never which model wrote which side, never the reward model's scores."""
-    return {"pair_id": pair.pair_id, "prompt": pair.prompt_text, "completion_a": pair.completion_a,
+    return {"pair_id": pair.pair_id, "prompt": conversation_text(pair.prompt), "completion_a": pair.completion_a,
             "completion_b": pair.completion_b}
 
 
@@ -230,10 +232,12 @@ def submit_label(ctx: AppContext, pair_id, choice, annotator, submission_id, rev
     annotator = check_annotator(annotator)
     submission_id = check_submission_id(submission_id)
     pair = check_pair_id(ctx, pair_id)
-    if ctx.store.has_submission(submission_id):  # a re-sent click: answer with the label it made
-        label = next(l for l in ctx.store.history(pair.pair_id) if l.submission_id == submission_id)
-        if (label.choice, label.annotator) != (choice, annotator):
-            raise InputError("This submission id was already used for another vote; reload the pair.")
+    label = ctx.store.label_for_submission(submission_id)
+    if label is not None:  # a re-sent click: answer with the label it made, if it is the same vote
+        if (label.pair_id, label.choice, label.annotator) != (pair.pair_id, choice, annotator):
+            raise InputError(f"submission_id {submission_id!r} was already used for another vote (on "
+                             f"{'another pair' if label.pair_id != pair.pair_id else 'this pair'}); a new vote needs "
+                             "a new submission_id: reload the pair.")
         return label, Reveal(choice, label.score_a, label.score_b, _p_a(label.score_a, label.score_b))
     result = Reveal(choice)
     rm = ctx.reward_model() if reveal else None

@@ -151,7 +151,7 @@ def cmd_prefs(args) -> None:
     if args.action == "stats":
         print(json.dumps(store.stats(gold=get_oracle(args.oracle) if args.oracle else None)), file=args.stdout)
     elif args.action == "export":
-        dataset, report = export_preferences(store, keep=tuple(args.keep.split(",")))
+        dataset, report = export_preferences(store, keep=tuple(args.keep.split(",")), form=args.format)
         writer = {".jsonl": to_jsonl, ".parquet": to_parquet, ".csv": to_csv}.get(Path(args.path).suffix)
         if writer is None:
             dataset.save_to_disk(args.path)
@@ -160,7 +160,9 @@ def cmd_prefs(args) -> None:
         _print({"path": args.path, **report}, args)
     else:
         try:
-            report = import_preferences(args.path, store, skip_invalid=args.skip_invalid)
+            report = import_preferences(args.path, store, skip_invalid=args.skip_invalid, split=args.split,
+                                        limit=args.limit, prompt_column=args.prompt_column,
+                                        chosen_column=args.chosen_column, rejected_column=args.rejected_column)
         except PreferenceImportError as error:
             raise ValueError(error.describe("add --skip-invalid to import only the valid ones")) from None
         _print({"path": args.path, "n_rows": report.n_rows, "n_imported": report.n_imported,
@@ -343,9 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = actions.add_parser("export", help="current labels as a preference dataset")
     export.add_argument("path", help=".jsonl/.parquet/.csv file or a folder (save_to_disk)")
     export.add_argument("--keep", default="A,B", help="choices to keep (default A,B; ties etc. are dropped)")
+    export.add_argument("--format", choices=["explicit", "implicit"], default="explicit",
+                        help="explicit: prompt, chosen, rejected (default); implicit: chosen and rejected each "
+                             "hold the prompt (HH-RLHF imports come back as their dialogue text)")
     imported = actions.add_parser("import", help="add a preference dataset to the store (validated row by row)")
-    imported.add_argument("path", help=".jsonl/.parquet file or a save_to_disk folder")
+    imported.add_argument("path", help=".jsonl/.parquet file, a save_to_disk or load_dataset folder, or a Hub "
+                                       "dataset name (e.g. Anthropic/hh-rlhf); explicit or implicit prompts")
     imported.add_argument("--skip-invalid", action="store_true", help="import valid rows, report the rest")
+    imported.add_argument("--split", help="the split to import where there are several (e.g. train)")
+    imported.add_argument("--limit", type=int, help="import only the first N rows")
+    for column in ("prompt", "chosen", "rejected"):
+        imported.add_argument(f"--{column}-column", default=column, metavar="NAME",
+                              help=f"the column holding {column} (default {column})")
     for action in (stats, export, imported):
         action.add_argument("--db", required=True, help="SQLite preference store, e.g. runs/demo/prefs.sqlite")
         action.add_argument("--json", action="store_true")

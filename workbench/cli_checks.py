@@ -21,7 +21,7 @@ STORE_SIDECARS = ("-wal", "-shm", "-journal")  # files SQLite keeps next to a st
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt", ".md", ".yaml", ".yml", ".sqlite"}
 
 # Flags that count something: at least 1 when given.
-COUNTS = ("n", "pairs", "steps", "batch_size", "seq_len", "max_new_tokens", "n_prompts", "save_steps")
+COUNTS = ("n", "pairs", "steps", "batch_size", "seq_len", "max_new_tokens", "n_prompts", "save_steps", "limit")
 POSITIVE = ("epochs", "learning_rate")  # real numbers > 0
 NON_NEGATIVE = ("seed", "temperature", "noise", "beta", "bon_max_n")  # real numbers >= 0 (temperature 0 = greedy)
 MODELS = ("model", "policy", "policy_b", "base", "backbone", "reward_backbone")  # registry name, folder or Hub id
@@ -70,7 +70,7 @@ def check_args(args: argparse.Namespace) -> None:
         if getattr(args, name, None):
             check_input(flag(name), getattr(args, name))
     if key == ("prefs", "import"):
-        check_input("PATH", args.path, must_be_path=True)
+        check_input("PATH", args.path)  # a Hub dataset name (owner/name) is left to `datasets`
     if key == ("prefs", "export"):
         check_output_file("PATH", args.path, folder_ok=Path(args.path).suffix not in {".jsonl", ".csv", ".parquet"})
     for table, must_exist in ((READ_STORES, True), (WRITE_STORES, False)):

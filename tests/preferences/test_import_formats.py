@@ -143,6 +143,21 @@ def test_load_dataset_folders_split_and_limit(tmp_path):
         import_preferences("no-such-owner/no-such-preference-set")  # offline: a name, not a path
 
 
+def test_cli_imports_other_column_names_and_exports_the_implicit_form(tmp_path, capsys):
+    from workbench.cli import main
+
+    rows, _ = FORMS["hh dialogue"]
+    source = write_jsonl(tmp_path / "hh.jsonl", [{"accepted": r["chosen"], "declined": r["rejected"]} for r in rows])
+    db, out = str(tmp_path / "prefs.sqlite"), tmp_path / "out.jsonl"
+    assert main(["prefs", "import", str(source), "--db", db, "--chosen-column", "accepted", "--rejected-column",
+                 "declined", "--limit", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_imported"] == 1
+    assert main(["prefs", "export", str(out), "--db", db, "--format", "implicit", "--json"]) == 0
+    assert without_ids(json.loads(line) for line in out.read_text().splitlines()) == rows[:1]
+    assert main(["prefs", "import", str(source), "--db", db, "--limit", "0"]) == 2
+    assert "--limit 0: must be at least 1" in capsys.readouterr().err
+
+
 TWO_TURNS = [user("Hi"), assistant("Hello"), user("Colour?")]
 BAD = [  # (file rows, the error that names the row); row 1 is always good
     ([{"chosen": "Sky: blue.", "rejected": "Sky: red."}, {"chosen": "Green.", "rejected": "Blue."}],

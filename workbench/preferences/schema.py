@@ -43,6 +43,7 @@ class Pair:
     model_b: str  # model/checkpoint that produced the right side
     swapped: bool  # True when the left side is the second sample generated (sides are shown in random order)
     generation: dict = field(default_factory=dict)  # sampling settings: seed, temperature, top_p, max_new_tokens...
+    # (imported pairs: {"import": {...}}, their source form and scores, see preferences/io.py)
     prompt_id: str = ""  # id of the prompt in its prompt set, when it has one
     created_at: float = 0.0  # unix time the pair was made
 

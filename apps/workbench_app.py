@@ -14,8 +14,10 @@ from pathlib import Path
 import gradio as gr
 
 from apps import compare, ranking, training
+from apps.security import GuardConfig, RequestGuard, allowed_hosts
 from apps.context import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, AppContext
 from apps.handlers import MAX_PROMPT_CHARS, InputError, check_annotator
+from workbench.preferences.store import StoreError
 from workbench.data import builtin_prompts
 
 THEME = gr.themes.Soft(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])  # no web fonts
@@ -63,7 +65,7 @@ def _guarded(fn):
         def stream(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except InputError as error:
+            except (InputError, StoreError) as error:
                 raise gr.Error(str(error)) from None
         return stream
 
@@ -71,7 +73,7 @@ def _guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except InputError as error:
+        except (InputError, StoreError) as error:  # StoreError: e.g. "labels cannot be saved: ..." (nothing saved)
             raise gr.Error(str(error)) from None
     return wrapper
 
@@ -83,7 +85,9 @@ def _annotator(request: gr.Request | None, typed) -> str:
 
 
 def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POLICY,
-               reward_backbone: str = DEFAULT_REWARD_BACKBONE, context: AppContext | None = None) -> gr.Blocks:
+               reward_backbone: str = DEFAULT_REWARD_BACKBONE, context: AppContext | None = None,
+               show_paths: bool = False) -> gr.Blocks:
+    """show_paths: the page names the run directory's absolute path (default: only its name)."""
     ctx = context or AppContext.open(run_dir, policy_name, reward_backbone)
     votes = compare.BlindVoteStore(ctx.root / "blind_votes.sqlite")
     heldout = [r.text for r in builtin_prompts("heldout")[:8]]
@@ -227,7 +231,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
     model = {"concurrency_id": "model", "concurrency_limit": 1}
     light = {"concurrency_id": "labels", "concurrency_limit": LABEL_WRITERS}
     with gr.Blocks(title="RLHF workbench") as demo:
-        gr.Markdown(f"## RLHF workbench\nRun `{ctx.root}` · policy **{ctx.policy.name}** · reward backbone "
+        gr.Markdown(f"## RLHF workbench\nRun `{ctx.root if show_paths else ctx.root.name}` · policy **{ctx.policy.name}** · reward backbone "
                     f"**{ctx.reward_backbone}**")
         with gr.Tabs():
             with gr.Tab("Rank", id="rank"):
@@ -390,12 +394,20 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
 
 
 def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
-          prevent_thread_lock: bool = False, quiet: bool = False):
-    """Launch with the secure defaults: no share link, no monitoring, capped uploads, run directory not served."""
+          prevent_thread_lock: bool = False, quiet: bool = False, root_path: str | None = None,
+          extra_hosts: tuple[str, ...] = (), guard: GuardConfig | None = None):
+    """Launch with the secure defaults: no share link, no monitoring, capped uploads, run directory not served, and
+    `apps.security.RequestGuard` in front of every route (Host/Origin allow-list, login throttling, headers, API
+    signatures). extra_hosts: names a reverse proxy forwards in Host (with root_path, the public URL)."""
+    from starlette.middleware import Middleware
+
     for name, value in GRADIO_QUEUE_ANALYTICS.items():  # read when the queue is created
         os.environ.setdefault(name, value)
+    guard = guard or GuardConfig(allowed_hosts=allowed_hosts(host, root_path, extra_hosts))
     demo.queue(default_concurrency_limit=1, max_size=512)
     return demo.launch(server_name=host, server_port=port, share=False, auth=auth or None, theme=THEME, css=CSS,
+                       app_kwargs={"middleware": [Middleware(RequestGuard, demo=demo, config=guard)]},
+                       root_path=root_path,
                        enable_monitoring=False, max_file_size="1mb", show_error=True, ssr_mode=False, mcp_server=False,
                        pwa=False, allowed_paths=[], blocked_paths=[str(demo.app_context.root)],
                        prevent_thread_lock=prevent_thread_lock, quiet=quiet, footer_links=["api"], run_history=False)
@@ -403,7 +415,8 @@ def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, auth: list
 
 def launch(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POLICY,
            reward_backbone: str = DEFAULT_REWARD_BACKBONE, host: str = "127.0.0.1", port: int = 7860,
-           auth: list[tuple[str, str]] | None = None, prevent_thread_lock: bool = False):
+           auth: list[tuple[str, str]] | None = None, prevent_thread_lock: bool = False, root_path: str | None = None,
+           extra_hosts: tuple[str, ...] = (), show_paths: bool = False):
     import torch
 
     from workbench.models import describe_models, prepare_offline_copy
@@ -415,9 +428,9 @@ def launch(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POLICY,
             print(f"Preparing {name} (first start only; this takes ~30 s)...", file=sys.stderr, flush=True)
             prepare_offline_copy(name)
     print(f"Loading {policy_name} and opening {run_dir}...", file=sys.stderr, flush=True)
-    demo = build_demo(run_dir, policy_name, reward_backbone)
+    demo = build_demo(run_dir, policy_name, reward_backbone, show_paths=show_paths)
     try:
-        return serve(demo, host, port, auth, prevent_thread_lock)
+        return serve(demo, host, port, auth, prevent_thread_lock, root_path=root_path, extra_hosts=extra_hosts)
     finally:
         if not prevent_thread_lock:
             demo.app_context.close()

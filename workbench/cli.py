@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -25,7 +26,41 @@ def _config(cls, args, mapping: dict[str, str]):
         value = getattr(args, flag, None)
         if value is not None:
             data[field_name] = value
+    if "shaping" in {f.name for f in dataclasses.fields(cls)} and _shaping_flags_given(args):
+        data["shaping"] = _shaping(args, data.get("shaping"))
     return config_from_dict(cls, data, source=args.config or "command line")
+
+
+def _add_shaping_flags(p) -> None:
+    """The answer-shaping policy (`workbench.generation.AnswerShaping`): complete, short replies by default."""
+    p.add_argument("--no-shaping", dest="no_shaping", action="store_true", default=None,
+                   help="raw sampling: the model's own system prompt, replies cut only at --max-new-tokens")
+    p.add_argument("--system-prompt", help="system prompt asking for brief replies ('' keeps the chat template's own)")
+    p.add_argument("--stop", choices=["sentence", "eos"],
+                   help="sentence (default): end a reply at its first sentence end once it has --min-words words; "
+                        "eos: only where the model ends it")
+    p.add_argument("--min-words", type=int, help="words a reply needs before a sentence end stops it (default 8)")
+
+
+def _shaping_flags_given(args) -> bool:
+    return any(getattr(args, name, None) is not None for name in ("no_shaping", "system_prompt", "stop", "min_words"))
+
+
+def _shaping(args, base=None):
+    """AnswerShaping = `base` (a config's, or the default) <- the shaping flags that were given."""
+    from workbench.generation import AnswerShaping
+
+    shaping = AnswerShaping.from_dict(base) if isinstance(base, dict) else base or AnswerShaping()
+    changes = {}
+    if getattr(args, "no_shaping", None):
+        changes["enabled"] = False
+    if getattr(args, "system_prompt", None) is not None:
+        changes["system_prompt"] = args.system_prompt or None
+    if getattr(args, "stop", None) is not None:
+        changes["stop_at_sentence_end"] = args.stop == "sentence"
+    if getattr(args, "min_words", None) is not None:
+        changes["min_words"] = args.min_words
+    return dataclasses.replace(shaping, **changes)
 
 
 def _print(result, args) -> None:
@@ -70,7 +105,8 @@ def cmd_generate(args) -> None:
     where = "--prompt" if args.prompt is not None else f"--prompts {args.prompts}"
     cli_checks.check_prompt_chars(prompts, where)  # before the model loads: a huge prompt is refused at once
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, batch_size=args.batch_size, show_progress=not args.json)
+                            seed=args.seed, batch_size=args.batch_size, show_progress=not args.json,
+                            shaping=_shaping(args))
     model, tokenizer = load_policy(args.model, dtype=args.dtype)
     cli_checks.check_prompt_tokens(tokenizer.encode, prompts, where, getattr(model.config, "max_position_embeddings",
                                                                              None), args.max_new_tokens)
@@ -78,9 +114,10 @@ def cmd_generate(args) -> None:
         if args.json:
             print(json.dumps({"prompt": completion.prompt, "completion": completion.text,
                               "n_tokens": len(completion.token_ids), "sum_logprob": completion.sum_logprob,
-                              "finished": completion.finished}), file=args.stdout)
+                              "finished": completion.finished, "stop_reason": completion.stop_reason}),
+                  file=args.stdout)
         else:
-            print(f"--- {completion.text}")
+            print(f"--- {completion.text}" + ("" if completion.finished else "  [cut off]"))
 
 
 def cmd_pretrain(args) -> None:
@@ -116,7 +153,8 @@ def cmd_pairs(args) -> None:
 
     policy = load_policy(args.policy)
     policy_b = load_policy(args.policy_b) if args.policy_b else None
-    config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                        shaping=_shaping(args))
     pairs = make_pairs(prompts_for(args.n), policy, config, policy_b=policy_b,
                        model_names=(args.policy, args.policy_b or args.policy), show_progress=not args.json)
     added = _store(args.db).add_pairs(pairs)
@@ -130,7 +168,8 @@ def cmd_label(args) -> None:
     from workbench.preferences.simulate import collect_simulated_preferences
 
     labeler = SimulatedLabeler(args.oracle, temperature=args.noise, seed=args.seed)
-    config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                        shaping=_shaping(args))
     summary = collect_simulated_preferences(_store(args.db), load_policy(args.policy), args.pairs, labeler, config,
                                             model_name=args.policy, show_progress=not args.json)
     _print({"db": args.db, "oracle": args.oracle, **summary}, args)
@@ -208,7 +247,11 @@ def cmd_train_rl(args) -> None:
                                       "beta": "beta", "lora": "lora", "resume": "resume", "seed": "seed",
                                       "learning_rate": "learning_rate", "oracle": "oracle", "bf16": "bf16",
                                       "max_new_tokens": "max_new_tokens", "save_steps": "save_steps",
-                                      "snapshot_steps": "snapshot_steps"})
+                                      "snapshot_steps": "snapshot_steps", "ppo_epochs": "ppo_epochs",
+                                      "num_minibatches": "num_minibatches", "cliprange": "cliprange",
+                                      "cliprange_value": "cliprange_value", "gae_lambda": "gae_lambda",
+                                      "target_kl": "target_kl", "kl_horizon": "kl_horizon",
+                                      "value_init": "value_init", "vf_coef": "vf_coef"})
     rows = _preference_rows(args) if config.algo == "dpo" else []
     result = train_policy(config, args.out, preference_rows=rows)
     _print(result.summary(), args)
@@ -260,10 +303,13 @@ def cmd_app(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not auth:
         raise ValueError(f"--host {args.host} exposes the app beyond this machine; add --auth user:password or "
                          "--auth-file FILE so that only people you know can label and start training.")
-    launch(args.run, args.model, args.reward_backbone, host=args.host, port=args.port, auth=auth or None)
+    launch(args.run, args.model, args.reward_backbone, host=args.host, port=args.port, auth=auth or None,
+           root_path=args.root_path, extra_hosts=tuple(args.allowed_host or ()), show_paths=args.show_paths)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from workbench.rl.config import ALGORITHMS, VALUE_INITS  # a light module: dataclasses only
+
     parser = argparse.ArgumentParser(prog="workbench", description="RLHF workbench: pretrain, prefer, reward, RL.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -284,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="token budget of a reply (default 64)")
+    _add_shaping_flags(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"])
     p.add_argument("--json", action="store_true", help="one JSON object per completion")
@@ -320,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="smollm2-135m-instruct")
     p.add_argument("--policy-b", help="a second model for side B (default: two samples of --policy)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="token budget of a reply (default 64)")
+    _add_shaping_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pairs)
@@ -332,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.1, help="Bradley-Terry temperature of the labeler")
     p.add_argument("--policy", default="smollm2-135m-instruct")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the pairs")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="token budget of a reply (default 64)")
+    _add_shaping_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_label)
@@ -377,15 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train_rm)
 
-    p = sub.add_parser("train-rl", help="RL fine-tuning against a reward model (rloo, grpo) or DPO from preferences")
+    p = sub.add_parser("train-rl", help="RL fine-tuning against a reward model (rloo, grpo, ppo) or DPO from preferences")
     p.add_argument("--policy", help="policy to tune (default smollm2-135m-instruct); also the frozen reference")
-    p.add_argument("--reward", help="trained reward model folder, e.g. runs/NAME/reward/model (rloo, grpo)")
+    p.add_argument("--reward", help="trained reward model folder, e.g. runs/NAME/reward/model (rloo, grpo, ppo)")
     p.add_argument("--out", required=True, help="run directory (writes <out>/rl/)")
-    p.add_argument("--algo", choices=["rloo", "grpo", "dpo"], help="default rloo")
+    p.add_argument("--algo", choices=list(ALGORITHMS), help="default rloo")
     p.add_argument("--steps", type=int, help="optimiser steps (default 30)")
     p.add_argument("--beta", type=float, help="KL coefficient (default 0.05)")
     p.add_argument("--learning-rate", type=float)
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="token budget of a sampled reply (default 64)")
+    _add_shaping_flags(p)
     p.add_argument("--save-steps", type=int)
     p.add_argument("--snapshot-steps", type=int, nargs="+", metavar="STEP",
                    help="also keep the policy's weights after these steps (rl/snapshots/step-N) for the evaluation")
@@ -393,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on where bf16 math is native, e.g. AVX512-BF16 CPUs, bf16 GPUs)")
     p.add_argument("--oracle", help="gold labeler logged next to the proxy (default upbeat-concise)")
+    p.add_argument("--value-init", choices=list(VALUE_INITS),
+                   help="ppo: value model from the reward model (default; a copy of the policy when the RM's tokenizer "
+                        "differs) or a scalar head on the policy")
+    p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (default 4)")
+    p.add_argument("--num-minibatches", type=int, help="ppo: minibatches per pass, one optimiser step each (default 1)")
+    p.add_argument("--cliprange", type=float, help="ppo: epsilon of the clipped surrogate (default 0.2)")
+    p.add_argument("--cliprange-value", type=float, help="ppo: clip range of the value loss (default 0.2)")
+    p.add_argument("--gae-lambda", type=float, help="ppo: GAE lambda (default 0.95; gamma is 1)")
+    p.add_argument("--vf-coef", type=float, help="ppo: weight of the value loss (default 0.1)")
+    p.add_argument("--target-kl", type=float,
+                   help="ppo: adaptive KL controller's target in nats per completion (default: a fixed --beta)")
+    p.add_argument("--kl-horizon", type=int, help="ppo: adaptive KL controller's horizon in samples (default 10000)")
     p.add_argument("--prefs", help="dpo: preference store to train on")
     p.add_argument("--dataset", help="dpo: or a preference dataset (.jsonl/.parquet/folder)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last complete checkpoint")
@@ -408,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", help="gold labeler (default upbeat-concise)")
     p.add_argument("--n-prompts", type=int, help="held-out prompts (default 64)")
     p.add_argument("--bon-max-n", type=int, help="largest n of the best-of-n baseline (power of 2; 0 skips)")
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="token budget of a sampled reply (default 64)")
+    _add_shaping_flags(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="report path (default <policy>/../eval.json)")
     p.add_argument("--config", help="EvaluateConfig as YAML/JSON")
@@ -420,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick (default models, ~15 min on 2 CPU cores), gpu (one 80 GB GPU) or smoke")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--policy")
-    p.add_argument("--algo", choices=["rloo", "grpo", "dpo"])
+    p.add_argument("--algo", choices=list(ALGORITHMS))
     p.add_argument("--steps", type=int, help="RL steps")
     p.add_argument("--pairs", type=int, help="labelled pairs")
     p.add_argument("--beta", type=float)
@@ -439,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", action="append", metavar="USER:PASS", help="a login (repeatable); labels carry the name")
     p.add_argument("--auth-file", metavar="FILE", help="logins, one user:pass per line")
+    p.add_argument("--root-path", help="the public URL behind a reverse proxy, e.g. https://lab.example/workbench")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name the app answers to besides loopback and --host (repeatable; reverse proxies)")
+    p.add_argument("--show-paths", action="store_true", help="show the run directory's absolute path on the page")
     p.set_defaults(func=cmd_app)
     return parser
 

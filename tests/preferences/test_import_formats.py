@@ -29,7 +29,8 @@ FORMS = {  # form -> (rows as a user's file holds them, the export form that wri
     "implicit text": ([{"chosen": "The sky is blue.", "rejected": "The sky is green."},
                        {"chosen": "Say hi. Hi!", "rejected": "Say hi. Go away."}], "implicit"),
     "implicit chat": ([{"chosen": [*HISTORY, assistant("Blue.")], "rejected": [*HISTORY, assistant("No.")]},
-                       {"chosen": [user("Say hi."), assistant("Hi!")], "rejected": [user("Say hi."), assistant("Bye.")]}],
+                       {"chosen": [user("Say hi."), assistant("Hi!")],
+                        "rejected": [user("Say hi."), assistant("Bye.")]}],
                       "implicit"),
     "hh dialogue": ([{"chosen": "\n\nHuman: Hi there.\n\nAssistant: Hello! How can I help?\n\nHuman: Name a colour."
                                 "\n\nAssistant: Blue.",

@@ -21,6 +21,9 @@ into them ("…Assistant: I"), and a chat prompt ends at the turn. Pairs keep `{
 from __future__ import annotations
 
 import re
+from collections import Counter
+
+from workbench.preferences.sources import RowError
 
 EXPLICIT_TEXT, EXPLICIT_CHAT = "explicit text", "explicit chat"
 IMPLICIT_TEXT, IMPLICIT_CHAT = "implicit text", "implicit chat"
@@ -47,6 +50,26 @@ def row_form(row: dict) -> str:
     if prompt is None or (starts_conversation and not isinstance(prompt, list)):
         return IMPLICIT_CHAT if chat else IMPLICIT_TEXT
     return EXPLICIT_CHAT if chat else EXPLICIT_TEXT
+
+
+def one_form(forms: list[tuple[int, str]]) -> tuple[str | None, list[RowError]]:
+    """The main form of a source's rows [(row number, form)], and an error for each row in another: TRL reads a
+    dataset in one form. Ties go to the form met first."""
+    if not forms:
+        return None, []
+    main = Counter(form for _, form in forms).most_common(1)[0][0]
+    example = next(number for number, form in forms if form == main)
+    errors = []
+    for number, form in forms:
+        if form == main:
+            continue
+        if main.startswith("explicit") and form.startswith("implicit"):  # most likely a prompt left empty
+            errors.append(RowError(number, "prompt", f"missing; every row needs prompt, chosen and rejected, as row "
+                                                     f"{example} has (an implicit-form file has no prompt at all)."))
+        else:
+            errors.append(RowError(number, "(form)", f"{form} form, but the file is in the {main} form (row "
+                                                     f"{example}); one file holds one form, as TRL reads it."))
+    return main, errors
 
 
 def extract_text(chosen: str, rejected: str) -> tuple[str | list[dict], str, str, bool]:

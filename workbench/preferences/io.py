@@ -38,6 +38,7 @@ import datasets
 
 from workbench.preferences import formats
 from workbench.preferences.schema import CHOICES, Pair
+from workbench.preferences.sources import RowError, check_columns, read_rows, renamed
 from workbench.preferences.store import MAX_ANNOTATOR_CHARS, PreferenceStore
 
 IMPORT_MODEL = "import"  # model_a/model_b of imported pairs: which model wrote them is unknown
@@ -45,7 +46,6 @@ _TEXT = datasets.Value("string")
 _MESSAGES = datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")})
 _CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")  # first characters a spreadsheet may run as a formula (OWASP)
 SCORE_COLUMNS = ("score_chosen", "score_rejected", "margin")  # optional numbers, kept with the pair
-_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")  # a name ending so is a file, never a Hub dataset
 
 
 class PreferenceImportError(ValueError):
@@ -61,16 +61,6 @@ class PreferenceImportError(ValueError):
         more = f"\n  ... and {len(self.errors) - 10} more" if len(self.errors) > 10 else ""
         return (f"{self.source}: {len(self.errors)} invalid row(s); nothing was imported.\n  {shown}{more}\n"
                 f"Fix these rows, or {skip_hint}.")
-
-
-@dataclass(frozen=True)
-class RowError:
-    row: int  # 1-based; the line number for .jsonl files
-    field: str  # the column at fault, or "(line)" for a line that could not be read at all
-    message: str
-
-    def __str__(self) -> str:
-        return f"row {self.row}, {self.field}: {self.message}"
 
 
 @dataclass
@@ -224,17 +214,18 @@ def import_preferences(source: str | Path | datasets.Dataset, store: PreferenceS
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive number of rows or None, got {limit!r}.")
-    name, rows, unreadable = _read_rows(source, split, limit)
+    name, rows, unreadable = read_rows(source, split, limit)
     mapping = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
-    _check_columns(name, rows, mapping)
+    check_columns(name, rows, mapping)
     errors, records = list(unreadable), []
     for number, row in rows:
-        record, row_errors = _validate_row(number, _renamed(row, mapping), max_chars, annotator)
+        record, row_errors = _validate_row(number, renamed(row, mapping), max_chars, annotator)
         errors.extend(RowError(e.row, mapping.get(e.field, e.field), e.message) for e in row_errors)
         if record is not None:
             records.append((number, record))
-    records, mixed = _one_form(records)
+    main, mixed = formats.one_form([(number, record.form) for number, record in records])
     errors.extend(RowError(e.row, mapping.get(e.field, e.field), e.message) for e in mixed)
+    records = [record for _, record in records if record.form == main]
     if not rows and not unreadable:
         raise ValueError(f"{name}: no rows to import (the source is empty); check the file.")
     errors.sort(key=lambda error: error.row)
@@ -262,101 +253,6 @@ def import_preferences(source: str | Path | datasets.Dataset, store: PreferenceS
     return report
 
 
-def _read_rows(source, split: str | None = None,
-               limit: int | None = None) -> tuple[str, list[tuple[int, object]], list[RowError]]:
-    """(name, [(row number, row)], errors of lines that could not be read), the first `limit` rows only."""
-    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
-        return "dataset", _numbered(_one_split(source, "dataset", split), limit), []
-    path = Path(source).expanduser()
-    if path.is_dir():
-        try:
-            if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():  # written by save_to_disk
-                loaded = datasets.load_from_disk(str(path))
-            else:  # a folder of .jsonl/.parquet files (split names from the file names), as load_dataset reads it
-                loaded = datasets.load_dataset(_data_files_kind(path), data_dir=str(path), split=split)
-        except (FileNotFoundError, ValueError) as error:
-            raise FileNotFoundError(f"{path}: not a folder written by Dataset.save_to_disk, nor one of .jsonl/.parquet "
-                                    f"files load_dataset reads ({error}); give a .jsonl or .parquet file or such a "
-                                    "folder.") from None
-        return str(path), _numbered(_one_split(loaded, str(path), split), limit), []
-    if not path.exists() and not str(source).startswith(("/", ".", "~")) and path.suffix not in _FILE_SUFFIXES:
-        return str(source), _numbered(_one_split(_load_hub(str(source), split), str(source), split), limit), []
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file or folder; give a .jsonl, .parquet or save_to_disk folder.")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet
-
-        rows = pyarrow.parquet.read_table(path).to_pylist()[:limit]
-        return str(path), list(enumerate(rows, start=1)), []
-    if path.suffix == ".jsonl":
-        rows, errors = _read_jsonl(path)
-        if limit is not None:  # the first `limit` non-blank lines, readable or not
-            last = sorted([number for number, _ in rows] + [error.row for error in errors] + [math.inf])[limit - 1]
-            rows, errors = [r for r in rows if r[0] <= last], [e for e in errors if e.row <= last]
-        return str(path), rows, errors
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .jsonl, .parquet or a save_to_disk folder "
-                     "(CSV exports are for reading only).")
-
-
-def _data_files_kind(folder: Path) -> str:
-    """The `load_dataset` builder for a folder's data files: "json" or "parquet", one kind only (CSV exports are
-    lossy, and a folder of several kinds leaves unclear which files are the data)."""
-    suffixes = {p.suffix for p in folder.rglob("*") if p.is_file() and p.suffix in _FILE_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
-    kinds = {{".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix, suffix) for suffix in suffixes}
-    if len(kinds) != 1 or not kinds <= {"json", "parquet"}:
-        raise FileNotFoundError(f"it holds {sorted(suffixes) or 'no data files'}; a folder of data files holds "
-                                ".jsonl or .parquet files, one kind")
-    return kinds.pop()
-
-
-def _load_hub(name: str, split: str | None):
-    """A dataset on the Hugging Face Hub (or in the local datasets cache when offline)."""
-    try:
-        return datasets.load_dataset(name, split=split)
-    except Exception as error:  # datasets raises many kinds here (offline, unknown repo, bad split): say which
-        raise FileNotFoundError(f"{name}: no such file or folder, and loading it as a Hub dataset failed "
-                                f"({type(error).__name__}: {str(error)[:300]}); check the name, or download it "
-                                "first when offline.") from None
-
-
-def _one_split(loaded, name: str, split: str | None) -> datasets.Dataset:
-    if not isinstance(loaded, datasets.DatasetDict):
-        return loaded
-    if split is None and len(loaded) == 1:
-        return next(iter(loaded.values()))
-    if split not in loaded:
-        asked = "holds splits" if split is None else f"has no split {split!r}; it holds"
-        raise ValueError(f"{name}: {asked} {list(loaded)}; import one with split='train' (--split train).")
-    return loaded[split]
-
-
-def _numbered(dataset: datasets.Dataset, limit: int | None) -> list[tuple[int, object]]:
-    if limit is not None and limit < len(dataset):
-        dataset = dataset.select(range(limit))
-    return list(enumerate(dataset.to_list(), start=1))
-
-
-def _read_jsonl(path: Path) -> tuple[list[tuple[int, object]], list[RowError]]:
-    rows, errors = [], []
-    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):  # bytes: report bad UTF-8 by line
-        if number == 1:
-            line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark some editors add
-        if not line.strip():
-            continue
-        try:
-            rows.append((number, json.loads(line.decode("utf-8"))))
-        except UnicodeDecodeError as error:
-            errors.append(RowError(number, "(line)", f"not valid UTF-8 (byte {error.start} of the line); re-save "
-                                                     "the file as UTF-8."))
-        except json.JSONDecodeError as error:
-            errors.append(RowError(number, "(line)", f"not valid JSON ({error.msg} at column {error.colno})."))
-        except RecursionError:  # e.g. [[[[...]]]] 200,000 deep: no preference row nests like that
-            errors.append(RowError(number, "(line)", "nested too deeply to be a preference row (arrays/objects "
-                                                     "inside each other thousands of times)."))
-    return rows, errors
-
-
 class _Record(NamedTuple):
     """A valid import row, ready for the store."""
 
@@ -376,7 +272,8 @@ def _validate_row(number: int, row, max_chars: int, default_annotator: str) -> t
         return None, [RowError(number, "(line)", f"must be an object with prompt/chosen/rejected, got "
                                                  f"{type(row).__name__}.")]
     form = formats.row_form(row)
-    if form in (formats.IMPLICIT_TEXT, formats.IMPLICIT_CHAT):
+    implicit = form in (formats.IMPLICIT_TEXT, formats.IMPLICIT_CHAT)
+    if implicit:
         values, hh, errors = _implicit(number, row, form, max_chars)
     else:
         values, hh, errors = {}, False, []
@@ -389,7 +286,7 @@ def _validate_row(number: int, row, max_chars: int, default_annotator: str) -> t
             except ValueError as error:
                 errors.append(RowError(number, name, str(error)))
     if "chosen" in values and "rejected" in values and values["chosen"] == values["rejected"]:
-        after = " once the shared prompt is taken off" if form in (formats.IMPLICIT_TEXT, formats.IMPLICIT_CHAT) else ""
+        after = " once the shared prompt is taken off" if implicit else ""
         errors.append(RowError(number, "rejected", f"same text as chosen{after}; a preference needs two different "
                                                    "texts."))
     scores = {}
@@ -426,7 +323,8 @@ def _implicit(number: int, row: dict, form: str, max_chars: int) -> tuple[dict, 
                 raise ValueError("missing; a row without a prompt column needs chosen and rejected, each holding "
                                  "the prompt and its reply.")
             if chat != isinstance(value, list):
-                raise ValueError(f"must be {'a message list' if chat else 'text'}, like chosen, got {_describe(value)}.")
+                kind = "a message list" if chat else "text"
+                raise ValueError(f"must be {kind}, like chosen, got {_describe(value)}.")
             sides[name] = _prompt(value, math.inf) if chat else _completion(value, math.inf)  # lengths: on the parts
         except ValueError as error:
             errors.append(RowError(number, name, str(error)))
@@ -445,47 +343,9 @@ def _implicit(number: int, row: dict, form: str, max_chars: int) -> tuple[dict, 
         try:
             values[name] = check(value, max_chars)
         except ValueError as error:
-            where = "the shared prompt" if name == "prompt" else f"the reply after the shared prompt"
+            where = "the shared prompt" if name == "prompt" else "the reply after the shared prompt"
             errors.append(RowError(number, "chosen" if name == "prompt" else name, f"{where}: {error}"))
     return values, hh, errors
-
-
-def _one_form(records: list[tuple[int, _Record]]) -> tuple[list[_Record], list[RowError]]:
-    """The records in the source's main form, and an error for each row in another: TRL reads a dataset in one form."""
-    if not records:
-        return [], []
-    forms = Counter(record.form for _, record in records)
-    main = forms.most_common(1)[0][0]  # ties: the form met first
-    example = next(number for number, record in records if record.form == main)
-    errors = []
-    for number, record in records:
-        if record.form == main:
-            continue
-        if main.startswith("explicit") and record.form.startswith("implicit"):
-            errors.append(RowError(number, "prompt", f"missing; every row needs prompt, chosen and rejected, as row "
-                                                     f"{example} has (a file in the implicit form has no prompt at all)."))
-        else:
-            errors.append(RowError(number, "(form)", f"{record.form} form, but the file is in the {main} form (row "
-                                                     f"{example}); one file holds one form, as TRL reads it."))
-    return [record for _, record in records if record.form == main], errors
-
-
-def _renamed(row, mapping: dict[str, str]):
-    """The row with its mapped columns under the names prompt/chosen/rejected."""
-    if not isinstance(row, dict) or all(source == target for target, source in mapping.items()):
-        return row
-    renamed = {key: value for key, value in row.items() if mapping.get(key, key) == key}
-    renamed.update({target: row[source] for target, source in mapping.items() if source in row})
-    return renamed
-
-
-def _check_columns(name: str, rows: list[tuple[int, object]], mapping: dict[str, str]) -> None:
-    """A column named in the mapping that no row has is a typo: say which columns there are."""
-    seen = set().union(*(row.keys() for _, row in rows if isinstance(row, dict)))
-    for target, source in mapping.items():
-        if source != target and source not in seen:
-            raise ValueError(f"{name}: no column {source!r} (given as the {target} column); the rows have "
-                             f"{sorted(seen)}.")
 
 
 def _stored_pair(store: PreferenceStore, pair_id: str) -> Pair | None:

@@ -100,7 +100,7 @@ def cmd_generate(args) -> None:
     from workbench.models import load_policy
 
     if (args.prompt is None) == (args.prompts is None):
-        raise SystemExit("error: give exactly one of --prompt TEXT or --prompts FILE")
+        raise ValueError("give exactly one of --prompt TEXT or --prompts FILE")
     prompts = [args.prompt] * args.n if args.prompt is not None else [r.prompt for r in load_prompts(args.prompts)]
     where = "--prompt" if args.prompt is not None else f"--prompts {args.prompts}"
     cli_checks.check_prompt_chars(prompts, where)  # before the model loads: a huge prompt is refused at once

@@ -185,6 +185,13 @@ def check_store(name: str, value: str, must_exist: bool) -> Path:
     if header and header != SQLITE_HEADER:
         raise InputRefused(f"{name} {value}: not a SQLite preference store (the file starts with {header[:8]!r}); "
                            "give the run's prefs.sqlite.")
+    if header:  # open it (read-only) now: a damaged store is refused before any model loads
+        from workbench.preferences.store import PreferenceStore, StoreError
+
+        try:
+            PreferenceStore(path, read_only=True).close()
+        except StoreError as error:
+            raise InputRefused(f"{name} {value}: {error}") from None
     return path
 
 

@@ -92,6 +92,9 @@ def extract_text(chosen: str, rejected: str) -> tuple[str | list[dict], str, str
 def _extract_dialogue(chosen: str, rejected: str, prefix: str) -> tuple[list[dict], str, str] | None:
     """An HH row as (messages, chosen reply, rejected reply); None when it is not an exact Human/Assistant dialogue
     (it then stays text, as TRL extracts it)."""
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        if side.rstrip().endswith(_REPLY):
+            raise FormError(name, "the last Assistant reply is empty; a preference compares two replies.")
     end = prefix.rfind(_REPLY) + len(_REPLY)
     if end < len(_REPLY):
         raise FormError("chosen", "chosen and rejected do not share a conversation up to an Assistant reply; both "

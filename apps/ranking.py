@@ -25,6 +25,7 @@ from apps.handlers import (
 )
 from workbench.data import PromptRecord
 from workbench.preferences import CHOICES, Label, Pair, PairConfig, make_pairs, stream_pair
+from workbench.preferences.pairs import side_finished
 from workbench.preferences.formats import conversation_text
 
 CHOICE_NAMES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
@@ -77,10 +78,25 @@ class Shown:
     note: str = ""  # why this pair was picked
     pair: Pair | None = None  # set once the pair is complete and stored: only then can it be labelled
 
+    def side_labels(self) -> tuple[str, str]:
+        """Each side's box label: its word count, and "cut off" where the reply hit the token budget unfinished."""
+        finished = side_finished(self.pair) if self.pair is not None else (None, None)
+        return (side_label("A", self.text_a, finished[0], self.pair is None),
+                side_label("B", self.text_b, finished[1], self.pair is None))
+
     @classmethod
     def stored(cls, pair: Pair, note: str = "") -> Shown:
         # the whole conversation: a reply to a multi-turn prompt is judged in its context
         return cls(conversation_text(pair.prompt), pair.completion_a, pair.completion_b, note, pair)
+
+
+def side_label(side: str, text: str, finished: bool | None, writing: bool = False) -> str:
+    """"A · 23 words", "A · 41 words · cut off" (the reply reached the token budget before it ended), or
+    "A · writing…" while it streams; no badge for pairs stored before this was recorded, or imported ones."""
+    if writing:
+        return f"{side} · writing…"
+    words = len(text.split())
+    return f"{side} · {words} word{'s' * (words != 1)}" + (" · cut off" if finished is False else "")
 
 
 def _models(ctx: AppContext, model_a: str | None, model_b: str | None) -> tuple[str, str, tuple, tuple | None]:

@@ -99,7 +99,9 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         """The Rank tab's pair outputs; the vote buttons are enabled only once the pair is complete and stored."""
         view = ranking.RankView.showing(shown.pair, shown.note) if shown.pair is not None else None
         voting = gr.update(interactive=shown.pair is not None)
-        return (view, shown.prompt, shown.text_a, shown.text_b, shown.note, *[voting] * len(ranking.CHOICE_NAMES))
+        label_a, label_b = shown.side_labels()
+        return (view, shown.prompt, gr.update(value=shown.text_a, label=label_a),
+                gr.update(value=shown.text_b, label=label_b), shown.note, *[voting] * len(ranking.CHOICE_NAMES))
 
     def on_load(typed_name, request: gr.Request):
         name = _annotator(request, typed_name or "annotator")

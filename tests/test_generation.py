@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from workbench.generation import (
+    AnswerShaping,
     SamplingConfig,
+    SentenceStop,
     _RowStreamer,
     completion_logprobs,
     format_prompt,
@@ -51,7 +53,8 @@ def test_logprobs_match_a_forward_pass(smollm2):
 
 def test_generation_stops_at_eos_and_strips_special_tokens(smollm2):
     model, tokenizer = smollm2
-    completions = generate(model, tokenizer, ["Say hello in two words."], SamplingConfig(max_new_tokens=40, temperature=0))
+    completions = generate(model, tokenizer, ["Say hello in two words."],
+                           SamplingConfig(max_new_tokens=40, temperature=0, shaping=AnswerShaping.off()))
     completion = completions[0]
     assert completion.finished and completion.token_ids[-1] == tokenizer.eos_token_id
     assert tokenizer.eos_token_id not in completion.token_ids[:-1]
@@ -103,7 +106,7 @@ def test_streamer_ignores_the_prompt_and_stops_each_row_at_its_eos(tiny_policy):
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     word = tokenizer("hello", add_special_tokens=False)["input_ids"]
     published = []
-    streamer = _RowStreamer(tokenizer, 2, [eos], published.append)
+    streamer = _RowStreamer(tokenizer, 2, SentenceStop(tokenizer, [eos], AnswerShaping.off()), published.append)
     streamer.put(torch.tensor([word * 3, word * 3]))  # (B, T): the prompt, as generate() sends it first
     assert published == []
     for step in ([word[0], word[0]], [eos, word[0]], [pad, word[0]]):  # row 0 ends, then gets padding

@@ -48,7 +48,7 @@ def _shaping_flags_given(args) -> bool:
 
 def _shaping(args, base=None):
     """AnswerShaping = `base` (a config's, or the default) <- the shaping flags that were given."""
-    from workbench.generation import AnswerShaping
+    from workbench.shaping import AnswerShaping
 
     shaping = AnswerShaping.from_dict(base) if isinstance(base, dict) else base or AnswerShaping()
     changes = {}
@@ -206,6 +206,20 @@ def cmd_prefs(args) -> None:
             raise ValueError(error.describe("add --skip-invalid to import only the valid ones")) from None
         _print({"path": args.path, "n_rows": report.n_rows, "n_imported": report.n_imported,
                 "n_skipped": report.n_skipped, "errors": [str(e) for e in report.errors[:20]]}, args)
+
+
+def cmd_oracles(args) -> None:
+    from workbench.evaluation.agreement import agreement_pairs, labeler_agreement
+
+    names = args.oracles.split(",") if args.oracles else None
+    result = labeler_agreement(names, agreement_pairs(args.pairs) if args.pairs else None)
+    if not args.json:
+        for name, row in result.items():
+            a = row["agreement"]
+            print(f"{name:24s} {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}] n={a['n']}  {row['by_contrast']}",
+                  file=args.stdout)
+        return
+    _print(result, args)
 
 
 def cmd_train_rm(args) -> None:
@@ -376,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="generate pairs and label them with a simulated labeler")
     p.add_argument("--db", required=True)
     p.add_argument("--pairs", type=int, default=200)
-    p.add_argument("--oracle", default="upbeat-concise", help="positive, concise, no-repeat, upbeat-concise")
+    p.add_argument("--oracle", default="helpful-upbeat-concise", help="helpful-upbeat-concise (default), upbeat-concise, task, positive, concise, no-repeat")
     p.add_argument("--noise", type=float, default=0.1, help="Bradley-Terry temperature of the labeler")
     p.add_argument("--policy", default="smollm2-135m-instruct")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the pairs")
@@ -411,13 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--json", action="store_true")
         action.set_defaults(func=cmd_prefs)
 
+    p = sub.add_parser("oracles", help="simulated labelers: agreement with the hand-judged pairs")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    agree = actions.add_parser("agree", help="each labeler's agreement with the hand-judged set, with a 95%% CI")
+    agree.add_argument("--oracles", help="comma-separated labelers (default: all of workbench.oracles.ORACLES)")
+    agree.add_argument("--pairs", help="a .jsonl of pairs of the same shape (default: the packaged set)")
+    agree.add_argument("--json", action="store_true")
+    agree.set_defaults(func=cmd_oracles)
+
     p = sub.add_parser("train-rm", help="train a reward model with TRL's RewardTrainer")
     p.add_argument("--db", help="preference store to train on")
     p.add_argument("--dataset", help="or a preference dataset (.jsonl/.parquet/folder with prompt, chosen, rejected)")
     p.add_argument("--out", required=True, help="run directory (writes <out>/reward/)")
     p.add_argument("--backbone", help="minilm-l6 (default) or a policy name/path")
     p.add_argument("--epochs", type=float)
-    p.add_argument("--oracle", help="gold labeler for gold accuracy (default upbeat-concise)")
+    p.add_argument("--oracle", help="gold labeler for gold accuracy (default helpful-upbeat-concise)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on where bf16 math is native, e.g. AVX512-BF16 CPUs, bf16 GPUs)")
@@ -442,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged when saved)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on where bf16 math is native, e.g. AVX512-BF16 CPUs, bf16 GPUs)")
-    p.add_argument("--oracle", help="gold labeler logged next to the proxy (default upbeat-concise)")
+    p.add_argument("--oracle", help="gold labeler logged next to the proxy (default helpful-upbeat-concise)")
     p.add_argument("--value-init", choices=list(VALUE_INITS),
                    help="ppo: value model from the reward model (default; a copy of the policy when the RM's tokenizer "
                         "differs) or a scalar head on the policy")
@@ -467,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base policy (default smollm2-135m-instruct)")
     p.add_argument("--policy", required=True, help="tuned policy folder, e.g. runs/NAME/rl/policy")
     p.add_argument("--reward", required=True, help="reward model folder, e.g. runs/NAME/reward/model")
-    p.add_argument("--oracle", help="gold labeler (default upbeat-concise)")
+    p.add_argument("--oracle", help="gold labeler (default helpful-upbeat-concise)")
     p.add_argument("--n-prompts", type=int, help="held-out prompts (default 64)")
     p.add_argument("--bon-max-n", type=int, help="largest n of the best-of-n baseline (power of 2; 0 skips)")
     p.add_argument("--max-new-tokens", type=int, help="token budget of a sampled reply (default 64)")
@@ -488,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, help="labelled pairs")
     p.add_argument("--beta", type=float)
     p.add_argument("--lora", action="store_true", default=None, help="RL with LoRA adapters")
-    p.add_argument("--oracle", help="gold labeler (default upbeat-concise)")
+    p.add_argument("--oracle", help="gold labeler (default helpful-upbeat-concise)")
     p.add_argument("--noise", type=float, help="Bradley-Terry temperature of the simulated labeler (default 0.1)")
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true")

@@ -1,5 +1,9 @@
 """Batched sampling with the chat template (whole, or streamed as tokens arrive), plus per-token log-probs for
-later KL estimates."""
+later KL estimates.
+
+Every stage that samples (pairs, simulated labels, RL, evaluation, best-of-n, the app) goes through one answer-shaping
+policy, `AnswerShaping`: a system prompt that asks for brevity, and a stop at the first sentence end once the reply
+has a few words, so people read, label and score complete answers rather than replies cut mid-sentence."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+
+from workbench.shaping import DEFAULT_SYSTEM_PROMPT, AnswerShaping, SentenceStop  # noqa: F401  (re-exported)
 
 Prompt = str | list[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
 
@@ -29,6 +35,28 @@ def completion_text(value: str | list[dict]) -> str:
     return value if isinstance(value, str) else value[-1]["content"]
 
 
+def sentence_stopping_criterion(stop: SentenceStop, prompt_width: int) -> StoppingCriteria:
+    """A `StoppingCriteria` for `model.generate` (prompts left-padded to `prompt_width`) that ends each row at its
+    sentence end; `SentenceStop.cut` then drops the padding generate adds after it."""
+    return _SentenceStopping(stop, prompt_width)
+
+
+class _SentenceStopping(StoppingCriteria):
+    """Ends a row of `model.generate` as soon as its reply ends a sentence (`SentenceStop`)."""
+
+    def __init__(self, stop: SentenceStop, prompt_width: int):
+        self.stop, self.prompt_width = stop, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for row, token in enumerate(last):
+            if token in self.stop.candidates:
+                ids = input_ids[row, self.prompt_width :].tolist()
+                done[row] = self.stop.ends_at(ids, len(ids) - 1)
+        return done
+
+
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 48  # short replies a person can rate at a glance
@@ -39,8 +67,11 @@ class SamplingConfig:
     batch_size: int = 8  # prompts decoded together; decoding is memory-bound, so batching is nearly free
     use_chat_template: bool = True  # wrap plain prompts as one user message and add the assistant header
     show_progress: bool = False
+    shaping: AnswerShaping = field(default_factory=AnswerShaping)  # complete, short replies; AnswerShaping.off() for raw
 
     def __post_init__(self) -> None:
+        if isinstance(self.shaping, dict):  # read back from a JSON config
+            self.shaping = AnswerShaping.from_dict(self.shaping)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -59,7 +90,8 @@ class Completion:
     text: str  # the decoded completion, special tokens removed
     token_ids: list[int] = field(repr=False)  # generated ids, up to and including EOS when it was produced
     logprobs: list[float] = field(repr=False)  # log pi(y_t | x, y_<t) at temperature 1, one per token_id
-    finished: bool = False  # True when the model produced EOS within max_new_tokens
+    finished: bool = False  # True when the reply ended (EOS, or a sentence end under shaping) within max_new_tokens
+    stop_reason: str = "length"  # "eos", "sentence" (AnswerShaping's stop) or "length" (cut off at max_new_tokens)
 
     @property
     def sum_logprob(self) -> float:
@@ -69,11 +101,20 @@ class Completion:
         return asdict(self)
 
 
-def format_prompt(tokenizer, prompt: Prompt, use_chat_template: bool = True) -> str:
-    """The exact string the model sees for a prompt."""
+def with_system_prompt(prompt: Prompt, system_prompt: str | None) -> list[dict]:
+    """The prompt as chat messages, led by `system_prompt` unless it already has a system message."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system_prompt and not (messages and messages[0]["role"] == "system"):
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def format_prompt(tokenizer, prompt: Prompt, use_chat_template: bool = True, system_prompt: str | None = None) -> str:
+    """The exact string the model sees for a prompt (a plain-text prompt without chat template ignores the system
+    prompt)."""
     if isinstance(prompt, str) and not use_chat_template:
         return prompt
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    messages = with_system_prompt(prompt, system_prompt)
     if tokenizer.chat_template is None:
         raise ValueError(
             "This tokenizer has no chat template; pass use_chat_template=False and plain-text prompts."
@@ -112,8 +153,9 @@ def _generate(model, tokenizer, prompts: list[Prompt], config: SamplingConfig, s
               stopping_criteria: StoppingCriteriaList | None = None) -> list[Completion]:
     if isinstance(prompts, (str, dict)):
         raise TypeError("prompts must be a list of prompts, e.g. ['Tell me a joke.']")
-    texts = [format_prompt(tokenizer, p, config.use_chat_template) for p in prompts]
+    texts = [format_prompt(tokenizer, p, config.use_chat_template, config.shaping.active_system_prompt) for p in prompts]
     eos_ids = _eos_ids(model, tokenizer)
+    stop = SentenceStop(tokenizer, eos_ids, config.shaping)
     torch.manual_seed(config.seed)
     sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
     if config.temperature == 0:
@@ -128,6 +170,9 @@ def _generate(model, tokenizer, prompts: list[Prompt], config: SamplingConfig, s
             padding_side="left",  # new tokens are appended on the right, so pad on the left
             add_special_tokens=False,  # the chat template already has them
         ).to(model.device)
+        criteria = StoppingCriteriaList(stopping_criteria or [])
+        if stop.active:  # end each row at its first sentence end instead of decoding to max_new_tokens
+            criteria.append(_SentenceStopping(stop, batch["input_ids"].shape[1]))
         out = model.generate(
             **batch,
             max_new_tokens=config.max_new_tokens,
@@ -136,24 +181,22 @@ def _generate(model, tokenizer, prompts: list[Prompt], config: SamplingConfig, s
             return_dict_in_generate=True,
             output_logits=True,  # raw logits, before temperature/top-p: the model's own distribution
             streamer=streamer,
-            stopping_criteria=stopping_criteria,
+            stopping_criteria=criteria,
             **sampling,
         )
         new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]  # (B, T_new)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T_new, V)
         token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # (B, T_new)
         for row, prompt in enumerate(prompts[start : start + config.batch_size]):
-            ids = new_tokens[row].tolist()
-            end = next((i + 1 for i, t in enumerate(ids) if t in eos_ids), None)  # cut after the first EOS
-            finished = end is not None
-            ids = ids[: end or len(ids)]
+            ids, reason = stop.cut(new_tokens[row].tolist())  # drops what follows EOS / the sentence end (padding)
             results.append(
                 Completion(
                     prompt=prompt,
                     text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
                     token_ids=ids,
                     logprobs=token_logprobs[row, : len(ids)].tolist(),
-                    finished=finished,
+                    finished=reason != "length",
+                    stop_reason=reason,
                 )
             )
     return results
@@ -173,8 +216,8 @@ class _RowStreamer(BaseStreamer):
     generate() calls put() first with the prompt ids (B, T), then with each step's new tokens (B,); rows that have
     finished receive padding, which is ignored here."""
 
-    def __init__(self, tokenizer, n_rows: int, eos_ids: list[int], publish):
-        self.tokenizer, self.eos_ids, self.publish = tokenizer, set(eos_ids), publish
+    def __init__(self, tokenizer, n_rows: int, stop: SentenceStop, publish):
+        self.tokenizer, self.stop, self.publish = tokenizer, stop, publish
         self.ids: list[list[int]] = [[] for _ in range(n_rows)]
         self.finished = [False] * n_rows
         self.prompt_seen = False
@@ -187,7 +230,7 @@ class _RowStreamer(BaseStreamer):
             if self.finished[row]:
                 continue
             self.ids[row].append(token)
-            self.finished[row] = token in self.eos_ids
+            self.finished[row] = token in self.stop.eos_ids or self.stop.ends_at(self.ids[row], len(self.ids[row]) - 1)
         self.publish(StreamUpdate([self.text(ids) for ids in self.ids]))
 
     def text(self, ids: list[int]) -> str:
@@ -224,7 +267,8 @@ def generate_stream(model, tokenizer, prompts: list[Prompt], config: SamplingCon
                          f"{config.batch_size}; raise batch_size or stream fewer prompts.")
     updates: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
-    streamer = _RowStreamer(tokenizer, len(prompts), _eos_ids(model, tokenizer), updates.put)
+    eos_ids = _eos_ids(model, tokenizer)
+    streamer = _RowStreamer(tokenizer, len(prompts), SentenceStop(tokenizer, eos_ids, config.shaping), updates.put)
 
     def decode() -> None:
         try:
@@ -288,16 +332,17 @@ def prepack_for_decoding(model, rows: int = 2) -> int:
 @torch.inference_mode()
 def completion_logprobs(model, tokenizer, prompts: list[Prompt], completion_ids: list[list[int]],
                         use_chat_template: bool = True, batch_size: int = 8,
-                        temperature: float = 1.0) -> list[list[float]]:
+                        temperature: float = 1.0, system_prompt: str | None = None) -> list[list[float]]:
     """Per-token log-probs of given completions under `model` (teacher forcing), e.g. for log(pi/pi_ref).
 
-    `temperature` scores under the tempered distribution softmax(logits / T) that sampling at T draws from."""
+    `temperature` scores under the tempered distribution softmax(logits / T) that sampling at T draws from;
+    `system_prompt` must be the one the completions were sampled with (`AnswerShaping.active_system_prompt`)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score log-probs, got {temperature}")
     results: list[list[float]] = []
     for start in range(0, len(prompts), batch_size):
         prompt_ids = [
-            tokenizer(format_prompt(tokenizer, p, use_chat_template), add_special_tokens=False)["input_ids"]
+            tokenizer(format_prompt(tokenizer, p, use_chat_template, system_prompt), add_special_tokens=False)["input_ids"]
             for p in prompts[start : start + batch_size]
         ]
         rows = [p + c for p, c in zip(prompt_ids, completion_ids[start : start + batch_size])]

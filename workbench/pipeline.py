@@ -8,9 +8,10 @@ in about a quarter of an hour on 2 CPU cores), `gpu` (a 0.5B Hub policy, 2,000 l
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from workbench.shaping import AnswerShaping
 from workbench.runs import RunDir, write_json_atomic
 
 
@@ -18,7 +19,7 @@ from workbench.runs import RunDir, write_json_atomic
 class PipelinePreset:
     policy: str = "smollm2-135m-instruct"
     reward_backbone: str = "minilm-l6"
-    oracle: str = "upbeat-concise"
+    oracle: str = "helpful-upbeat-concise"
     labeler_noise: float = 0.1  # Bradley-Terry temperature of the simulated annotator
     # RM gold accuracy on its val pairs: 0.55 on 160 labels; 0.64 / 0.56 (seeds 0 / 1) on 320; 0.54 on 480 (seed 0,
     # 70 s more): the RM's quality varies more from one label set to the next than it grows with labels here
@@ -51,6 +52,11 @@ class PipelinePreset:
     bon_max_n: int = 8
     bf16: bool | None = None  # bf16 for RM and RL training; None = where bf16 math is native (GPUs, AVX512-BF16/AMX CPUs)
     seed: int = 0
+    shaping: AnswerShaping = field(default_factory=AnswerShaping)  # one answer shape for pairs, RL and evaluation
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shaping, dict):
+            self.shaping = AnswerShaping.from_dict(self.shaping)
 
 
 PRESETS: dict[str, PipelinePreset] = {
@@ -103,7 +109,8 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
         if store.count_labels() < preset.n_pairs:  # a re-run reuses the labels already collected
             collect_simulated_preferences(
                 store, policy, preset.n_pairs, labeler,
-                PairConfig(max_new_tokens=preset.pair_max_new_tokens, seed=preset.seed, batch_size=preset.pair_batch_size),
+                PairConfig(max_new_tokens=preset.pair_max_new_tokens, seed=preset.seed, batch_size=preset.pair_batch_size,
+                           shaping=preset.shaping),
                 model_name=preset.policy, show_progress=show_progress)
         dataset, export_report = export_preferences(store)
     del policy
@@ -124,7 +131,8 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
                                beta=preset.beta, learning_rate=preset.learning_rate, lora=preset.lora,
                                prompts_per_step=preset.prompts_per_step, num_generations=preset.num_generations,
                                max_new_tokens=preset.max_new_tokens, oracle=preset.oracle, seed=preset.seed,
-                               save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps, bf16=preset.bf16),
+                               save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps, bf16=preset.bf16,
+                               shaping=preset.shaping),
                      out, preference_rows=rows)
     seconds["rl"] = time.perf_counter() - started
 
@@ -132,7 +140,8 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
     report = evaluate_run(EvaluateConfig(base=preset.policy, policy=str(rl.policy_dir), reward=str(rm.model_dir),
                                          oracle=preset.oracle, n_prompts=preset.eval_prompts,
                                          max_new_tokens=preset.max_new_tokens, seed=preset.seed,
-                                         bon_prompts=preset.bon_prompts, bon_max_n=preset.bon_max_n))
+                                         bon_prompts=preset.bon_prompts, bon_max_n=preset.bon_max_n,
+                                         shaping=preset.shaping))
     seconds["evaluate"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - started_all
 

@@ -78,6 +78,8 @@ def _matches(value, hint) -> bool:
         return isinstance(value, dict)
     if hint is typing.Any:
         return True
+    if dataclasses.is_dataclass(hint):  # a nested config, given as a mapping (its own __post_init__ builds it)
+        return isinstance(value, (dict, hint))
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 

@@ -9,29 +9,33 @@ A Monte-Carlo estimate of a KL, so its mean must be >= 0 up to noise; a clearly 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from workbench.data import PromptRecord, builtin_prompts
 from workbench.evaluation.metrics import bootstrap_ci, pairwise_outcomes
-from workbench.generation import SamplingConfig, completion_logprobs, generate, prompt_text, sampling_precision
+from workbench.generation import (AnswerShaping, SamplingConfig, completion_logprobs, generate, prompt_text,
+                                  sampling_precision)
 from workbench.oracles import get_oracle
 
 
 @dataclass
 class PolicyEvalConfig:
     n_prompts: int = 64  # held-out prompts (first n of the built-in held-out split)
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64  # token budget; shaping ends most replies at a sentence end before it
     temperature: float = 0.7  # the RL sampling temperature: KL is measured between the tempered distributions
     seed: int = 0
     batch_size: int = 32  # prompts sampled together: 32 x 40 tokens of SmolLM2-135M in fp32 take 8.5 s, by 8 18.1 s
-    oracle: str = "upbeat-concise"
+    oracle: str = "helpful-upbeat-concise"
     # fp32 sampling: the policy exactly as saved. bf16 autocast (True, or None = where bf16 math is native) is faster
     # but rounds the weights, and most RL updates are below bf16's resolution (see `sampling_precision`)
     bf16: bool | None = False
+    shaping: AnswerShaping = field(default_factory=AnswerShaping)  # the answers people and the RM saw
 
     def __post_init__(self) -> None:
+        if isinstance(self.shaping, dict):
+            self.shaping = AnswerShaping.from_dict(self.shaping)
         if self.n_prompts < 1:
             raise ValueError(f"n_prompts must be >= 1, got {self.n_prompts}")
         if self.temperature <= 0:
@@ -40,20 +44,26 @@ class PolicyEvalConfig:
     def sampling(self) -> SamplingConfig:
         # plain tempered sampling (no top-k/top-p truncation), so teacher-forced log-probs are the exact sampler's
         return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0, top_k=0,
-                              seed=self.seed, batch_size=self.batch_size)
+                              seed=self.seed, batch_size=self.batch_size, shaping=self.shaping)
 
 
-def sequence_kl(policy, reference, tokenizer, prompts, completion_ids, temperature: float) -> np.ndarray:
-    """Per sample: sum_t log pi(y_t) - log pi_ref(y_t), both at `temperature`."""
-    mine = completion_logprobs(policy, tokenizer, prompts, completion_ids, temperature=temperature)
-    ref = completion_logprobs(reference, tokenizer, prompts, completion_ids, temperature=temperature)
+def sequence_kl(policy, reference, tokenizer, prompts, completion_ids, temperature: float,
+                system_prompt: str | None = None) -> np.ndarray:
+    """Per sample: sum_t log pi(y_t) - log pi_ref(y_t), both at `temperature`, over the sampled (kept) tokens."""
+    mine = completion_logprobs(policy, tokenizer, prompts, completion_ids, temperature=temperature,
+                               system_prompt=system_prompt)
+    ref = completion_logprobs(reference, tokenizer, prompts, completion_ids, temperature=temperature,
+                              system_prompt=system_prompt)
     return np.array([float(np.sum(a) - np.sum(b)) for a, b in zip(mine, ref)])
 
 
-def token_logratios(policy, reference, tokenizer, prompt, completion_ids: list[int], temperature: float = 0.7) -> list[dict]:
+def token_logratios(policy, reference, tokenizer, prompt, completion_ids: list[int], temperature: float = 0.7,
+                    system_prompt: str | None = None) -> list[dict]:
     """Each token of one completion with log pi/pi_ref: where the tuned policy departs from the reference."""
-    mine = completion_logprobs(policy, tokenizer, [prompt], [completion_ids], temperature=temperature)[0]
-    ref = completion_logprobs(reference, tokenizer, [prompt], [completion_ids], temperature=temperature)[0]
+    mine = completion_logprobs(policy, tokenizer, [prompt], [completion_ids], temperature=temperature,
+                               system_prompt=system_prompt)[0]
+    ref = completion_logprobs(reference, tokenizer, [prompt], [completion_ids], temperature=temperature,
+                              system_prompt=system_prompt)[0]
     return [{"token": tokenizer.decode([t]), "logratio": a - b} for t, a, b in zip(completion_ids, mine, ref)]
 
 
@@ -83,12 +93,13 @@ def evaluate_policies(base, tuned, tokenizer, reward_model, config: PolicyEvalCo
                         "gold": np.array([gold(prompt_text(p), t) for p, t in zip(prompt_list, texts)]),
                         "words": np.array([len(t.split()) for t in texts]),
                         "finished": np.array([s.finished for s in samples], dtype=float)}
-    kl = sequence_kl(tuned, base, tokenizer, prompt_list, [s.token_ids for s in tuned_samples], config.temperature)
+    kl = sequence_kl(tuned, base, tokenizer, prompt_list, [s.token_ids for s in tuned_samples], config.temperature,
+                     config.shaping.active_system_prompt)
     seed = config.seed
     summary = {
         "n_prompts": len(records),
         "config": {"temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
-                   "oracle": config.oracle},
+                   "oracle": config.oracle, "shaping": asdict(config.shaping)},
         "proxy": {name: bootstrap_ci(s["proxy"], seed=seed).to_dict() for name, s in scores.items()},
         "gold": {name: bootstrap_ci(s["gold"], seed=seed).to_dict() for name, s in scores.items()},
         "words": {name: float(s["words"].mean()) for name, s in scores.items()},

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.data import builtin_prompts
 from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overoptimisation, matched_rl_vs_bon
+from workbench.evaluation.gaming import gaming_indicators
 from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, token_logratios
+from workbench.shaping import AnswerShaping
 from workbench.models import load_policy
 from workbench.reward.score import RewardModel
 from workbench.rl.train import POLICY_MANIFEST, complete_checkpoints, snapshot_dirs
@@ -21,17 +23,20 @@ class EvaluateConfig:
     base: str = "smollm2-135m-instruct"
     policy: str = ""  # folder of the tuned policy (runs/<name>/rl/policy)
     reward: str = ""  # folder of the reward model (runs/<name>/reward/model)
-    oracle: str = "upbeat-concise"
+    oracle: str = "helpful-upbeat-concise"
     n_prompts: int = 64
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64  # token budget; `shaping` ends most replies at a sentence end before it
     temperature: float = 0.7
     seed: int = 0
     bon_prompts: int = 16  # held-out prompts for the best-of-n baseline (max_n samples each)
     bon_max_n: int = 16  # 0 skips best-of-n
     checkpoints: bool = True  # also place the saved RL checkpoints on the over-optimisation plot
     bf16: bool | None = False  # fp32 sampling, the policies exactly as saved (see `PolicyEvalConfig.bf16`)
+    shaping: AnswerShaping = field(default_factory=AnswerShaping)  # as the pairs and RL samples were shaped
 
     def __post_init__(self) -> None:
+        if isinstance(self.shaping, dict):
+            self.shaping = AnswerShaping.from_dict(self.shaping)
         if not self.policy or not self.reward:
             raise ValueError("evaluate needs both policy=<runs/NAME/rl/policy> and reward=<runs/NAME/reward/model>")
         if self.bon_max_n and self.bon_max_n & (self.bon_max_n - 1):
@@ -69,7 +74,7 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     rm = RewardModel.load(config.reward)
     eval_config = PolicyEvalConfig(n_prompts=config.n_prompts, max_new_tokens=config.max_new_tokens,
                                    temperature=config.temperature, seed=config.seed, oracle=config.oracle,
-                                   bf16=config.bf16)
+                                   bf16=config.bf16, shaping=config.shaping)
     heldout = builtin_prompts("heldout")
     result = evaluate_policies(base, tuned, tokenizer, rm, eval_config, heldout)
     summary = result["summary"]
@@ -77,7 +82,10 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     report = {"config": asdict(config), **summary, "table": result["table"],
               "token_logratios": {"prompt": first["prompt"],
                                   "tokens": token_logratios(tuned, base, tokenizer, first["prompt"], first["token_ids"],
-                                                            config.temperature)}}
+                                                            config.temperature, config.shaping.active_system_prompt)}}
+    table = result["table"]  # stock phrases, task failures, length change: read the gold win rate against them
+    report["gaming"] = gaming_indicators([r["prompt"] for r in table], [r["base"] for r in table],
+                                         [r["tuned"] for r in table], seed=config.seed)
     # RL points for the over-optimisation plot: the base (d = 0), saved checkpoints, the final policy
     rl_points = [{"name": "base", "sqrt_kl": 0.0, "kl": 0.0, "gold": summary["gold"]["base"]["value"],
                   "proxy": summary["proxy"]["base"]["value"]}]

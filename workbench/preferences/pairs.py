@@ -10,27 +10,38 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from tqdm.auto import tqdm
 
 from workbench.data import PromptRecord
-from workbench.generation import Completion, SamplingConfig, generate, generate_stream
+from workbench.generation import AnswerShaping, Completion, SamplingConfig, generate, generate_stream
 from workbench.preferences.schema import Pair
 
 
 @dataclass
 class PairConfig:
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64  # a budget, not a length: shaping ends most replies earlier, at a sentence end
     temperature: float = 1.0  # diverse pairs teach the reward model more than near-duplicates
     top_p: float = 0.95
     seed: int = 0  # generation seed (one batch holds both sides; seed + 1 for a second policy); also the side order
     batch_size: int = 16
+    shaping: AnswerShaping = field(default_factory=AnswerShaping)  # complete, short answers (see generation)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shaping, dict):
+            self.shaping = AnswerShaping.from_dict(self.shaping)
 
 
 def _sampling(config: PairConfig, seed: int) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                          seed=seed, batch_size=config.batch_size)
+                          seed=seed, batch_size=config.batch_size, shaping=config.shaping)
+
+
+def side_finished(pair: Pair) -> tuple[bool | None, bool | None]:
+    """Whether each displayed side ended by itself (EOS or a sentence end); None for pairs stored before this was
+    recorded, or imported ones."""
+    return pair.generation.get("finished_a"), pair.generation.get("finished_b")
 
 
 def make_pairs(prompts: list[PromptRecord], policy, config: PairConfig | None = None, policy_b=None,
@@ -76,7 +87,8 @@ def assemble_pairs(prompts: list[PromptRecord], first: list[Completion], second:
         pairs.append(Pair(
             pair_id=Pair.make_id(record.prompt, a.text, b.text, model_a, model_b),
             prompt=record.prompt, completion_a=a.text, completion_b=b.text, model_a=model_a, model_b=model_b,
-            swapped=swapped, generation=settings, prompt_id=record.id, created_at=time.time(),
+            swapped=swapped, generation={**settings, "finished_a": a.finished, "finished_b": b.finished},
+            prompt_id=record.id, created_at=time.time(),
         ))
     return pairs
 

@@ -2,8 +2,9 @@
 
 - the learned reward model, as a sequence classifier with its own tokenizer (`reward_processing_classes`),
   its head rescaled so that scores of the base policy's samples have mean 0 and std 1 (Ziegler et al. 2019);
-- `eos_penalty`: a fixed penalty for completions cut off before EOS (Huang et al. 2024, "The N+ implementation
-  details of RLHF with PPO": truncated replies otherwise collect reward for text that never ends);
+- `eos_penalty`: a fixed penalty for completions cut off at the token budget (Huang et al. 2024, "The N+
+  implementation details of RLHF with PPO": truncated replies otherwise collect reward for text that never ends);
+  under answer shaping a reply that stopped at a sentence end is not cut off;
 - `GoldRewardLogger`: the simulated labeler's gold reward with weight 0 — it never shapes training, TRL logs its
   mean next to the proxy's, and every sampled completion is appended to `samples.jsonl` for later inspection.
 """
@@ -17,10 +18,10 @@ from pathlib import Path
 import torch
 
 from workbench.distributed import process_info
-from workbench.generation import completion_text, prompt_text
+from workbench.generation import SentenceStop, completion_text, prompt_text
 from workbench.oracles import get_oracle
-from workbench.models import load_reward_backbone
-from workbench.reward.score import read_manifest, reward_text
+from workbench.reward.kinds import load_reward_module
+from workbench.reward.score import reward_text
 
 
 def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
@@ -45,9 +46,9 @@ def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
 
 
 def load_reward_classifier(path: str | Path, normalize: bool = True):
-    """(model, tokenizer) for TRL: the trained RM with a chat template matching training, head normalised."""
-    manifest = read_manifest(path)
-    model, tokenizer = load_reward_backbone(str(path))
+    """(model, tokenizer) for TRL: the trained RM (any kind, as a sequence classifier: input_ids, attention_mask ->
+    logits (B, 1)) with a chat template matching training, its final linear layer normalised."""
+    model, tokenizer, manifest = load_reward_module(path)
     tokenizer.chat_template = reward_chat_template(tokenizer, manifest["text_format"])
     stats = manifest.get("score_stats")
     if normalize and stats and stats["std"] > 0:
@@ -72,11 +73,19 @@ def fold_normalisation(model, mean: float, std: float) -> None:
         head.bias.sub_(mean).div_(std)
 
 
-def eos_penalty(penalty: float, eos_token_ids: list[int]):
-    """A reward function: -penalty for every completion that does not end in EOS (cut at max length)."""
+def ended(ids: list[int] | None, eos_token_ids, stop: SentenceStop | None = None) -> bool:
+    """Whether a sampled completion ended by itself: EOS, or (under answer shaping) a sentence end."""
+    if not ids:
+        return False
+    return stop.is_complete(ids) if stop is not None else ids[-1] in set(eos_token_ids)
+
+
+def eos_penalty(penalty: float, eos_token_ids: list[int], stop: SentenceStop | None = None):
+    """A reward function: -penalty for every completion cut off at the token budget (no EOS, and no sentence end
+    when `stop` shapes the answers)."""
 
     def eos_penalty(prompts, completions, completion_ids, **kwargs) -> list[float]:
-        return [0.0 if ids and ids[-1] in eos_token_ids else -penalty for ids in completion_ids]
+        return [0.0 if ended(ids, eos_token_ids, stop) else -penalty for ids in completion_ids]
 
     return eos_penalty
 
@@ -84,9 +93,10 @@ def eos_penalty(penalty: float, eos_token_ids: list[int]):
 class GoldRewardLogger:
     """Gold reward of every sampled completion (weight 0 in training), and a samples.jsonl row per completion."""
 
-    def __init__(self, oracle: str, samples_path: str | Path | None, eos_token_ids: list[int] = ()):
+    def __init__(self, oracle: str, samples_path: str | Path | None, eos_token_ids: list[int] = (),
+                 stop: SentenceStop | None = None):
         self.gold = get_oracle(oracle)
-        self.eos_token_ids = set(eos_token_ids)
+        self.eos_token_ids, self.stop = set(eos_token_ids), stop
         self.samples_path = Path(samples_path) if samples_path else None
         self.__name__ = "gold"  # TRL names the metric rewards/<__name__>/mean
 
@@ -97,7 +107,7 @@ class GoldRewardLogger:
         if self.samples_path and process_info()[1]:  # the main process writes its share of the samples
             step = (trainer_state.global_step + 1) if trainer_state else 0  # the optimiser step these samples train
             lines = [json.dumps({"step": step, "prompt": p, "completion": t, "gold": s,
-                                 "finished": bool(ids) and ids[-1] in self.eos_token_ids})
+                                 "finished": ended(ids, self.eos_token_ids, self.stop)})
                      for p, t, s, ids in zip(prompt_strings, texts, scores, completion_ids or [None] * len(texts))]
             with open(self.samples_path, "a") as handle:
                 handle.write("".join(line + "\n" for line in lines))

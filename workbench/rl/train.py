@@ -3,6 +3,8 @@
   rloo  RLOOTrainer (Ahmadian et al. 2024): reward r = r_RM(x, y) - beta * sum_t log(pi/pi_ref), advantage =
         r minus the mean reward of the other completions of the same prompt (leave-one-out baseline).
   grpo  GRPOTrainer (Shao et al. 2024): group-normalised advantages, beta * KL added to the loss.
+  ppo   `workbench.rl.ppo.PPOTrainer` (Schulman et al. 2017, Ziegler et al. 2019): a value model, GAE advantages,
+        the clipped surrogate; the workbench's own (TRL 1.16 has no PPO), same run files as the others.
   dpo   DPOTrainer (Rafailov et al. 2023): no sampling and no reward model, straight from preference pairs.
 
 Writes <out>/rl/{config.json, checkpoints/, samples.jsonl, policy/} and rl rows in <out>/metrics.jsonl.
@@ -10,6 +12,7 @@ Writes <out>/rl/{config.json, checkpoints/, samples.jsonl, policy/} and rl rows 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import StoppingCriteriaList, TrainerCallback
 
 from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptRecord, builtin_prompts
 from workbench.distributed import per_process, process_info
-from workbench.generation import completion_text
+from workbench.generation import SentenceStop, completion_text, sentence_stopping_criterion, with_system_prompt
 from workbench.models import load_tokenizer, resolve_bf16, resolve_model
 from workbench.rl.config import RLConfig
 from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier
@@ -128,21 +131,58 @@ def _common_args(config: RLConfig, output_dir: Path) -> dict:
     )
 
 
-class AutocastGeneration:
-    """Mixin for TRL's online trainers: sample completions under the trainer's autocast.
+class ShapedGeneration:
+    """Mixin for TRL's online trainers: sample completions under the trainer's autocast, shaped like every other
+    stage's answers (`generation.AnswerShaping`).
 
-    TRL 1.16 scores completions (old and reference log-probs, the loss) under `accelerator.autocast()` but calls
-    `generate` outside it, so with bf16=True on a CPU the sampler runs in fp32 while everything after it runs in
-    bf16. Sampling under the same autocast is 1.6x faster on a bf16 CPU (16 x 40 tokens of SmolLM2-135M: 5.6 s ->
-    3.5 s, measured) and samples from the very distribution that the log-probs are then computed for."""
+    Autocast: TRL 1.16 scores completions (old and reference log-probs, the loss) under `accelerator.autocast()` but
+    calls `generate` outside it, so with bf16=True the sampler ran in fp32 while everything after it ran in bf16.
+    Sampling under the same autocast is 1.6x faster on a bf16 CPU and samples from the distribution the log-probs
+    are then computed for.
+    Shaping: each row stops at its first sentence end (a stopping criterion handed to `generate`), and the returned
+    ids are cut there. TRL builds the completion mask from the returned lengths, so the log-probs, the KL and the
+    loss cover exactly the tokens the policy sampled: nothing after the stop, no padding, no added EOS."""
+
+    answer_stop: SentenceStop | None = None  # set by `_online_trainer`
 
     def _generate_single_turn(self, *args, **kwargs):
-        with self.accelerator.autocast():  # a no-op without mixed precision
-            return super()._generate_single_turn(*args, **kwargs)
+        stop = self.answer_stop if self.answer_stop is not None and self.answer_stop.active else None
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        with self.accelerator.autocast(), _sentence_stopping(model, stop):  # autocast is a no-op without bf16
+            result = super()._generate_single_turn(*args, **kwargs)
+        if stop is None:
+            return result
+        # RLOO returns the completion ids; GRPO (ids, sampler log-probs or None)
+        ids, logprobs = (result, None) if not isinstance(result, tuple) else result
+        kept = [stop.cut(row)[0] for row in ids]
+        if logprobs is not None:
+            logprobs = [row[: len(k)] for row, k in zip(logprobs, kept)]
+        return kept if not isinstance(result, tuple) else (kept, logprobs)
 
 
-def with_autocast_generation(trainer_cls: type) -> type:
-    return type(trainer_cls.__name__, (AutocastGeneration, trainer_cls), {"__doc__": trainer_cls.__doc__})
+@contextlib.contextmanager
+def _sentence_stopping(model, stop: SentenceStop | None):
+    """While inside, `model.generate` also stops each row at its sentence end (TRL passes no stopping criteria)."""
+    if stop is None:
+        yield
+        return
+    original = model.generate
+
+    def generate(*args, **kwargs):
+        width = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
+        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        criteria.append(sentence_stopping_criterion(stop, width))
+        return original(*args, stopping_criteria=criteria, **kwargs)
+
+    model.generate = generate  # an instance attribute shadows the method for this call only
+    try:
+        yield
+    finally:
+        del model.generate
+
+
+def with_shaped_generation(trainer_cls: type) -> type:
+    return type(trainer_cls.__name__, (ShapedGeneration, trainer_cls), {"__doc__": trainer_cls.__doc__})
 
 
 def _peft_config(config: RLConfig):
@@ -161,13 +201,14 @@ def _online_trainer(config: RLConfig, policy_path: str, tokenizer, prompts: list
     stage_dir = run.stage_dir("rl")
     rm_model, rm_tokenizer = load_reward_classifier(config.reward, normalize=config.normalize_rewards)
     eos_ids = sorted({tokenizer.eos_token_id} - {None})
+    stop = SentenceStop(tokenizer, eos_ids, config.shaping)
     reward_funcs, weights, processors = [rm_model], [1.0], [rm_tokenizer]
     if config.eos_penalty > 0:
-        reward_funcs.append(eos_penalty(config.eos_penalty, eos_ids))
+        reward_funcs.append(eos_penalty(config.eos_penalty, eos_ids, stop))
         weights.append(1.0)
         processors.append(None)
     if config.oracle:
-        reward_funcs.append(GoldRewardLogger(config.oracle, stage_dir / "samples.jsonl", eos_ids))
+        reward_funcs.append(GoldRewardLogger(config.oracle, stage_dir / "samples.jsonl", eos_ids, stop))
         weights.append(0.0)  # logged, never optimised: the gold stays an honest judge
         processors.append(None)
     sampling = dict(
@@ -182,21 +223,25 @@ def _online_trainer(config: RLConfig, policy_path: str, tokenizer, prompts: list
         reward_weights=weights,
         log_completions=False,
     )
-    dataset = Dataset.from_dict({"prompt": [as_messages(r.prompt) for r in prompts]})
+    system_prompt = config.shaping.active_system_prompt  # pi and pi_ref both see it: the KL stays exact
+    dataset = Dataset.from_dict({"prompt": [with_system_prompt(r.prompt, system_prompt) for r in prompts]})
     if config.algo == "rloo":
         args = RLOOConfig(**_common_args(config, stage_dir / "checkpoints"), **sampling)
-        trainer_cls = with_autocast_generation(RLOOTrainer)
+        trainer_cls = with_shaped_generation(RLOOTrainer)
     else:
         args = GRPOConfig(**_common_args(config, stage_dir / "checkpoints"), **sampling)
-        trainer_cls = with_autocast_generation(GRPOTrainer)
-    return trainer_cls(model=policy_path, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                       processing_class=tokenizer, reward_processing_classes=processors,
-                       peft_config=_peft_config(config), callbacks=[RunMetricsCallback(run, "rl", config.algo)])
+        trainer_cls = with_shaped_generation(GRPOTrainer)
+    trainer = trainer_cls(model=policy_path, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, reward_processing_classes=processors,
+                          peft_config=_peft_config(config), callbacks=[RunMetricsCallback(run, "rl", config.algo)])
+    trainer.answer_stop = stop
+    return trainer
 
 
-def dpo_rows(preference_rows: list[dict]) -> list[dict]:
-    """Preference rows as conversations, so DPO sees the prompts through the chat template, as generation does."""
-    return [{"prompt": as_messages(r["prompt"]),
+def dpo_rows(preference_rows: list[dict], system_prompt: str | None = None) -> list[dict]:
+    """Preference rows as conversations, so DPO sees the prompts through the chat template (and the shaping's system
+    prompt), as generation does."""
+    return [{"prompt": with_system_prompt(r["prompt"], system_prompt),
              "chosen": [{"role": "assistant", "content": completion_text(r["chosen"])}],
              "rejected": [{"role": "assistant", "content": completion_text(r["rejected"])}]}
             for r in preference_rows]
@@ -213,14 +258,21 @@ def _dpo_trainer(config: RLConfig, policy_path: str, tokenizer, preference_rows:
                      per_device_train_batch_size=per_process(max(config.prompts_per_step * config.num_generations // 2, 1),
                                                              process_info()[0], "DPO pairs per step"),
                      max_length=config.max_length)
-    return DPOTrainer(model=policy_path, args=args, train_dataset=Dataset.from_list(dpo_rows(preference_rows)),
+    return DPOTrainer(model=policy_path, args=args, train_dataset=Dataset.from_list(dpo_rows(preference_rows, config.shaping.active_system_prompt)),
                       processing_class=tokenizer, peft_config=_peft_config(config),
                       callbacks=[RunMetricsCallback(run, "rl", config.algo)])
 
 
 def build_trainer(config: RLConfig, run: RunDir, prompts: list[PromptRecord] | None = None,
-                  preference_rows: list[dict] | None = None):
-    """The configured TRL trainer (not yet trained): RLOOTrainer, GRPOTrainer or DPOTrainer."""
+                  preference_rows: list[dict] | None = None, reward_fn=None):
+    """The configured trainer (not yet trained): RLOOTrainer, GRPOTrainer, DPOTrainer, or the workbench's PPOTrainer.
+    `reward_fn(prompts, completions) -> scores` replaces the reward model's score (ppo only; for tests)."""
+    if reward_fn is not None and config.algo != "ppo":
+        raise ValueError("reward_fn is supported by algo='ppo' only")
+    if config.algo == "ppo":
+        from workbench.rl.ppo import PPOTrainer
+
+        return PPOTrainer(config, run, prompts or builtin_prompts("train"), reward_fn=reward_fn)
     policy_path = resolve_model(config.policy).path
     tokenizer = load_tokenizer(config.policy)
     if tokenizer.pad_token is None:
@@ -231,7 +283,7 @@ def build_trainer(config: RLConfig, run: RunDir, prompts: list[PromptRecord] | N
 
 
 def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] | None = None,
-                 preference_rows: list[dict] | None = None) -> RLResult:
+                 preference_rows: list[dict] | None = None, reward_fn=None) -> RLResult:
     """Run stage 3 and save the tuned policy (LoRA adapters merged) to <out>/rl/policy."""
     run = RunDir(out)
     stage_dir = run.stage_dir("rl")
@@ -261,7 +313,7 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
     if is_main:
         run.save_config("rl", config)
 
-    trainer = build_trainer(config, run, prompts, preference_rows)
+    trainer = build_trainer(config, run, prompts, preference_rows, reward_fn)
     if config.snapshot_steps:
         trainer.add_callback(PolicySnapshots(trainer, config.snapshot_steps, stage_dir / "snapshots"))
     tokenizer = trainer.processing_class

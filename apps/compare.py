@@ -30,7 +30,7 @@ from workbench.evaluation.metrics import Estimate, bootstrap_ci
 from workbench.generation import SamplingConfig, generate
 from workbench.oracles import get_oracle
 
-ORACLE = "upbeat-concise"
+ORACLE = "helpful-upbeat-concise"
 MAX_SEED = 2**31 - 1
 BLIND_CHOICES = ("left", "right", "tie")
 COMPARE_SAMPLING = {"max_new_tokens": 48, "temperature": 0.7, "top_p": 1.0, "top_k": 0}  # the RL/evaluation sampler

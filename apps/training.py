@@ -26,7 +26,7 @@ MIN_RM_PAIRS = 4  # A/B labels needed before a reward model is worth training
 MAX_RM_EPOCHS = 20
 DEFAULT_RM_EPOCHS = RewardModelConfig.epochs
 MAX_RL_STEPS = 2000
-ORACLE = "upbeat-concise"  # the simulated labeler whose gold reward the app shows next to the proxy
+ORACLE = "helpful-upbeat-concise"  # the simulated labeler whose gold reward the app shows next to the proxy
 RM_METRICS = ("rm/loss", "rm/accuracy", "rm/margin")
 SAMPLES_SHOWN = 8
 

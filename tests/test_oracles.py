@@ -17,7 +17,7 @@ def test_gold_rewards_follow_their_formulas():
     assert no_repeat("", "the cat sat the cat sat the cat sat") == pytest.approx(-4 / 7)  # 7 trigrams, 3 distinct
     text = "the cat sat the cat sat"
     assert upbeat_concise("", text) == pytest.approx(positive("", text) + concise("", text) + no_repeat("", text))
-    assert set(ORACLES) == {"positive", "concise", "no-repeat", "upbeat-concise"}
+    assert set(ORACLES) == {"positive", "concise", "no-repeat", "upbeat-concise", "task", "helpful-upbeat-concise"}
     with pytest.raises(ValueError, match="Unknown oracle 'nice'"):
         get_oracle("nice")
 

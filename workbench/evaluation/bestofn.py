@@ -48,7 +48,7 @@ class BestOfNResult:
 
 
 def best_of_n_curve(policy, tokenizer, reward_model, prompts: list[PromptRecord], max_n: int = 16,
-                    sampling: SamplingConfig | None = None, oracle: str = "upbeat-concise",
+                    sampling: SamplingConfig | None = None, oracle: str = "helpful-upbeat-concise",
                     bf16: bool | None = False) -> BestOfNResult:
     """Sample `max_n` completions per prompt from the base policy and estimate best-of-n for n = 1, 2, 4, ..., max_n.
     `bf16`: sample under bf16 autocast (None = where bf16 math is native); fp32 by default, like the RL side."""

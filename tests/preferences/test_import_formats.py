@@ -1,5 +1,6 @@
 """Every form of preference data TRL's trainers read: imported, stored, exported in its own form, trained on."""
 
+import copy
 import json
 
 import datasets
@@ -229,22 +230,37 @@ def changed(model, step):
     return any(not torch.equal(before[name], p) for name, p in model.named_parameters() if name in before)
 
 
-@pytest.mark.parametrize("form", FORMS)
-def test_each_forms_export_trains_trl_reward_and_dpo_unchanged(tmp_path, form):
-    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+@pytest.fixture(scope="module")
+def tiny_reward_backbone():
+    from workbench.models import load_reward_backbone
 
-    from workbench.models import load_policy, load_reward_backbone
+    return load_reward_backbone("tiny-random-llama")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: a tiny model gains nothing from two, and on a busy 2-core machine it halves a step."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_each_forms_export_trains_trl_reward_and_dpo_unchanged(tmp_path, form, tiny_reward_backbone, tiny_policy,
+                                                               one_thread):
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     rows, export_form = FORMS[form]
     with imported(tmp_path, rows) as store:
         dataset, _ = export_preferences(store, form=export_form)
     common = dict(max_steps=1, per_device_train_batch_size=2, report_to="none", use_cpu=True, save_strategy="no",
                   disable_tqdm=True, bf16=False, gradient_checkpointing=False, learning_rate=1e-3)
-    model, tokenizer = load_reward_backbone("tiny-random-llama")
+    model, tokenizer = copy.deepcopy(tiny_reward_backbone[0]), tiny_reward_backbone[1]  # copies: training changes them
     rm = RewardTrainer(model=model, args=RewardConfig(output_dir=str(tmp_path / "rm"), **common),
                        train_dataset=dataset, processing_class=tokenizer)
     assert changed(model, rm.train)
-    model, tokenizer = load_policy("tiny-random-llama")
+    model, tokenizer = copy.deepcopy(tiny_policy[0]), tiny_policy[1]
     dpo = DPOTrainer(model=model, ref_model=None, args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
                      train_dataset=dataset, processing_class=tokenizer)
     assert changed(model, dpo.train)

@@ -33,7 +33,7 @@ from workbench.oracles import get_oracle
 ORACLE = "helpful-upbeat-concise"
 MAX_SEED = 2**31 - 1
 BLIND_CHOICES = ("left", "right", "tie")
-COMPARE_SAMPLING = {"max_new_tokens": 48, "temperature": 0.7, "top_p": 1.0, "top_k": 0}  # the RL/evaluation sampler
+COMPARE_SAMPLING = {"max_new_tokens": 64, "temperature": 0.7, "top_p": 1.0, "top_k": 0}  # the RL/evaluation sampler (shaped)
 
 
 class BlindVoteStore:

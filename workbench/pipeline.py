@@ -24,7 +24,7 @@ class PipelinePreset:
     # RM gold accuracy on its val pairs: 0.55 on 160 labels; 0.64 / 0.56 (seeds 0 / 1) on 320; 0.54 on 480 (seed 0,
     # 70 s more): the RM's quality varies more from one label set to the next than it grows with labels here
     n_pairs: int = 320
-    pair_max_new_tokens: int = 40
+    pair_max_new_tokens: int = 64  # a budget: shaping ends replies at a sentence end (~20 words)
     pair_batch_size: int = 16
     rm_epochs: float = 1.0  # one pass: three memorise the noisy labels (see RewardModelConfig)
     algo: str = "rloo"
@@ -41,7 +41,7 @@ class PipelinePreset:
     learning_rate: float = 5e-5
     prompts_per_step: int = 4
     num_generations: int = 4
-    max_new_tokens: int = 40  # ~30 words, the top of the gold labeler's length window
+    max_new_tokens: int = 48  # RL and evaluation budget; shaped replies mostly end before it
     lora: bool = False
     save_steps: int = 14  # the step-14 checkpoint becomes a point on the over-optimisation plot
     # weights after step 2 (KL 0.5-1.0 nats; after step 3 it was 2.4, beyond best-of-8's 1.2): RL vs best-of-n at a

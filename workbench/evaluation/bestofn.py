@@ -118,3 +118,37 @@ def matched_rl_vs_bon(rl_points: list[dict], bon_rows: list[dict]) -> dict | Non
     return {"name": point["name"], "sqrt_kl": point["sqrt_kl"],
             "rl_gold_gain": point["gold"] - rl_points[0]["gold"],
             "bon_gold_gain": bon_gold_at(bon_rows, point["sqrt_kl"]) - bon_rows[0]["gold"]}
+
+
+def bon_gold_at_n(rows: list[dict], n: float) -> float:
+    """Best-of-n gold reward at a (fractional) n, interpolated in ln n between measured n (clamped at the ends)."""
+    return float(np.interp(math.log(max(n, 1.0)), [math.log(row["n"]) for row in rows], [row["gold"] for row in rows]))
+
+
+def rl_vs_bon_summary(rl_final: dict, rl_base_gold: float, bon_rows: list[dict], rl_completions: int | None,
+                      n_prompts: int) -> dict:
+    """RL next to best-of-n, stated as Gao et al. (2022) find it (RL is the less KL-efficient of the two):
+
+    (a) RL's gold gain next to the best best-of-n measured (its n, gain and KL);
+    (b) both at equal sampling compute: RL sampled `rl_completions` completions while training and one per prompt
+        to answer, so over `n_prompts` answered prompts best-of-n may draw n_equal = 1 + rl_completions / n_prompts
+        per prompt (interpolated in ln n between measured n; `clamped` when beyond the largest n measured);
+    (c) the gold gain per nat of KL of each (RL's KL is the Monte-Carlo estimate, best-of-n's the analytic one)."""
+    start = bon_rows[0]["gold"]
+    gains = [{"n": row["n"], "kl": row["kl"], "gold_gain": row["gold"] - start} for row in bon_rows]
+    best = max(gains, key=lambda row: row["gold_gain"])
+    rl_gain, rl_kl = rl_final["gold"] - rl_base_gold, rl_final["kl"]
+    per_nat = lambda gain, kl: gain / kl if kl > 0 else None  # noqa: E731
+    summary = {
+        "rl_gold_gain": rl_gain, "rl_kl": rl_kl, "rl_gain_per_nat": per_nat(rl_gain, rl_kl),
+        "best_bon": {**best, "gain_per_nat": per_nat(best["gold_gain"], best["kl"])},
+        "rl_ge_best_bon": rl_gain >= best["gold_gain"],
+    }
+    if rl_completions:
+        n_equal = 1 + rl_completions / n_prompts
+        gain = bon_gold_at_n(bon_rows, n_equal) - start
+        kl = bon_kl(min(n_equal, bon_rows[-1]["n"]))
+        summary["equal_compute"] = {"rl_completions": rl_completions, "n_prompts": n_prompts, "bon_n": n_equal,
+                                    "bon_gold_gain": gain, "bon_gain_per_nat": per_nat(gain, kl),
+                                    "clamped": n_equal > bon_rows[-1]["n"], "rl_ge_bon": rl_gain >= gain}
+    return summary

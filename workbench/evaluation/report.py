@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.data import builtin_prompts
-from workbench.evaluation.bestofn import best_of_n_curve, bon_gold_at, fit_overoptimisation, matched_rl_vs_bon
+from workbench.evaluation.bestofn import (best_of_n_curve, bon_gold_at, fit_overoptimisation, matched_rl_vs_bon,
+                                         rl_vs_bon_summary)
 from workbench.evaluation.gaming import gaming_indicators
 from workbench.evaluation.policy_eval import PolicyEvalConfig, evaluate_policies, token_logratios
 from workbench.shaping import AnswerShaping
@@ -52,6 +53,17 @@ def load_checkpoint_policy(checkpoint: Path, base_name: str, dtype: str = "float
         return PeftModel.from_pretrained(base, str(checkpoint)).merge_and_unload().eval()
     model, _ = load_policy(str(checkpoint), dtype=dtype, device=device)
     return model
+
+
+def rl_completions(policy_dir: Path) -> int | None:
+    """Completions the RL run sampled while training (steps x prompts per step x generations), from its config."""
+    config = policy_dir.parent / "config.json"
+    if not config.exists():
+        return None
+    data = json.loads(config.read_text())
+    if data.get("algo") == "dpo" or not all(k in data for k in ("steps", "prompts_per_step", "num_generations")):
+        return None
+    return int(data["steps"]) * int(data["prompts_per_step"]) * int(data["num_generations"])
 
 
 def intermediate_policies(policy_dir: Path) -> list[tuple[str, Path]]:
@@ -126,6 +138,8 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
             "bon_extrapolated": final["sqrt_kl"] > bon_max_sqrt_kl,  # beyond the largest n: clamped at n = max_n
         }
         report["rl_vs_bon"]["matched"] = matched_rl_vs_bon(rl_points, bon.rows)  # None: RL beyond best-of-n's KL
+        report["rl_vs_bon"].update(rl_vs_bon_summary(final, rl_points[0]["gold"], bon.rows,
+                                                     rl_completions(Path(config.policy)), config.n_prompts))
     destination = Path(out) if out else Path(config.policy).parent / "eval.json"
     write_json_atomic(destination, report)
     report["path"] = str(destination)

@@ -79,6 +79,8 @@ def check_args(args: argparse.Namespace) -> None:
             check_store(flag(name), getattr(args, name), must_exist=must_exist)
     if args.command in ("train-rl", "evaluate") and getattr(args, "reward", None):
         check_folder("--reward", args.reward, "a trained reward model folder, e.g. runs/NAME/reward/model")
+    if args.command == "app" and args.run and (Path(args.run).expanduser() / "prefs.sqlite").exists():
+        check_store("--run", str(Path(args.run) / "prefs.sqlite"), must_exist=True)  # damaged: refused before loading
     if args.command in OUTPUT_FOLDERS and getattr(args, OUTPUT_FOLDERS[args.command], None):
         check_output_folder(flag(OUTPUT_FOLDERS[args.command]), getattr(args, OUTPUT_FOLDERS[args.command]))
     if args.command == "evaluate" and args.out:

@@ -199,3 +199,35 @@ def test_sixty_four_concurrent_label_clients_write_each_label_once(served_app, s
     assert len(ids) == len(set(ids)) == 320 and label_rows(served_app) == before + 320
     mine = store.connection().execute("SELECT COUNT(DISTINCT submission_id) FROM labels WHERE annotator LIKE 'c%'")
     assert mine.fetchone()[0] == 320
+
+
+LOCK_HOLDER = ("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+               "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\nsys.stdin.readline()\n")
+
+
+def test_a_store_fault_reaches_the_client_nothing_is_acknowledged_and_reads_go_on(served_app, seeded_pairs):
+    """Another process holds the store's write lock past the busy timeout (shortened here from 30 s)."""
+    import subprocess
+    import sys
+
+    from gradio_client import Client
+
+    store = served_app.ctx.store
+    store.busy_timeout_s = 0.3
+    store.close()  # connections reopen with the short timeout
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(store.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    body = label_body(seeded_pairs[5].pair_id)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = label_rows(served_app)
+        status, _, reply = request(served_app.url, "POST", "/gradio_api/run/label", body)
+        assert status != 200 and "labels cannot be saved: another process has held" in json.dumps(reply)
+        assert label_rows(served_app) == before
+        assert Client(served_app.url, verbose=False).predict("sec", api_name="/progress")["everyone"] >= 0
+    finally:
+        holder.communicate("release\n", timeout=30)
+        store.busy_timeout_s = 30.0
+        store.close()
+    status, _, reply = request(served_app.url, "POST", "/gradio_api/run/label", body)  # the same click, re-sent
+    assert status == 200 and label_rows(served_app) == before + 1

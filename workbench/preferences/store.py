@@ -91,6 +91,7 @@ class PreferenceStore:
         self._opened_lock = threading.Lock()
         self._write_lock = threading.Lock()  # threads of this process queue here, not in SQLite's sleep-and-retry
         self._pid = os.getpid()  # a forked child gets a fresh write lock (the parent's may be held forever)
+        self._in_fault = False  # a write failed and none has committed since
         try:
             version = self._check_file()
         except sqlite3.DatabaseError as error:
@@ -167,6 +168,7 @@ class PreferenceStore:
                 raise
             raise StoreError(_fault_message(self.path, error, self.busy_timeout_s, opening=True)) from None
         local.connection, local.pid, local.depth = connection, os.getpid(), 0
+        local.suspect = self._in_fault  # see transaction(): replaced before its next write
         with self._opened_lock:
             self._opened.append((os.getpid(), connection))
         return connection
@@ -193,12 +195,16 @@ class PreferenceStore:
             return
         if self.read_only:
             raise StoreError(f"{self.path}: opened read-only; nothing can be written through this store.")
+        if self._local.suspect:  # opened during a fault (SQLite may have opened it read-only): write on a fresh one
+            self._drop(connection)
+            connection = self.connection()
         with self._write_lock:
             self._local.depth = 1
             try:
                 connection.execute("BEGIN IMMEDIATE")  # take the write lock now: writers never deadlock on upgrade
                 yield connection
                 connection.execute("COMMIT")
+                self._in_fault = False
             except sqlite3.Error as error:
                 self._abandon(connection)
                 if isinstance(error, sqlite3.IntegrityError):
@@ -217,6 +223,11 @@ class PreferenceStore:
         with contextlib.suppress(sqlite3.Error):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
+        self._in_fault = True
+        self._drop(connection)
+
+    def _drop(self, connection: sqlite3.Connection) -> None:
+        """Close this thread's connection; the next use opens a new one."""
         with self._opened_lock:
             self._opened = [(pid, c) for pid, c in self._opened if c is not connection]
         with contextlib.suppress(sqlite3.Error):
@@ -402,9 +413,12 @@ def _fault_message(path: Path, error: sqlite3.Error, busy_timeout_s: float, open
     """What a SQLite error means for the person using the store, and what to do about it."""
     text = str(error)
     lowered = text.lower()
-    if "disk is full" in lowered or "disk i/o error" in lowered:
-        return (f"labels cannot be saved: writing {path} failed ({text}); the disk is likely full: free some space. "
-                "Nothing was saved; the store resumes by itself once it can write.")
+    if "disk is full" in lowered:
+        return (f"labels cannot be saved: the disk holding {path} is full ({text}); free some space. Nothing was "
+                "saved; reads still work, and writes resume by themselves once there is room.")
+    if "disk i/o error" in lowered:
+        return (f"labels cannot be saved: writing {path} failed ({text}); the disk may be full, read-only or failing. "
+                "Nothing was saved; writes resume by themselves once the disk accepts them.")
     if "readonly" in lowered or "read-only" in lowered:
         return (f"labels cannot be saved: {path} is read-only ({text}); make the file and its folder writable again "
                 "(e.g. chmod u+w). Nothing was saved; reads still work.")

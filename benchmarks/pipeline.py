@@ -1,4 +1,4 @@
-"""Claim: `workbench pipeline --preset quick` (smollm2-135m-instruct, minilm-l6, the upbeat-concise labeler) runs
+"""Claim: `workbench pipeline --preset quick` (smollm2-135m-instruct, minilm-l6, the default gold labeler) runs
 every stage in <= 15 min on 2 CPU cores; the tuned policy beats the base by GOLD (win rate >= 0.70, lower CI bound
 > 0.5); RL is at least as good as best-of-n at the same KL; and the workbench's RL step is no slower than a plain
 TRL RLOOTrainer script with identical settings (ratio <= 1.0, measured in the same run).
@@ -107,6 +107,7 @@ def main() -> dict:
         steps = step_comparison(workbench_rows, plain_rows)
     report = json.loads(Path(headline["eval_path"]).read_text())
     win = headline["gold_win_rate"]
+    gaming = report.get("gaming", {})
     rl_vs_bon = headline["rl_vs_bon"] or {}
     matched = rl_vs_bon.get("matched")
     result = {
@@ -123,6 +124,11 @@ def main() -> dict:
         "kl": headline["kl"],
         "rl_vs_bon": rl_vs_bon,
         "best_of_n": report.get("best_of_n"),
+        # gaming indicators (workbench.evaluation.gaming): a gold win read against stock phrases and task failures
+        "gold_win_rate_by_oracle": gaming.get("win_rate_gold_by_oracle"),
+        "task_fail_share": {k: v["share"] for k, v in gaming.get("task_fail", {}).items()},
+        "top_stock_phrase": (gaming.get("top_rising_ngrams") or [None])[0],
+        "words_change": gaming.get("words", {}).get("change"),
         "bf16": resolve_bf16(preset.bf16),
         "rl_step_seconds": steps,
         "goals": {
@@ -135,6 +141,8 @@ def main() -> dict:
                                         >= rl_vs_bon.get("bon_gold_gain_at_same_kl", float("inf"))),
             "step_time_ratio_le_1": steps["ratio"] <= 1.0,
             "step_time_per_length_token_ratio_le_1": steps["ratio_per_length_token"] <= 1.0,
+            "tuned_task_fail_lt_0.10": gaming.get("task_fail", {}).get("tuned", {}).get("share", 1.0) < 0.10,
+            "top_stock_phrase_in_lt_0.10_of_tuned": gaming.get("top_phrase_share", 1.0) < 0.10,
         },
     }
     print(json.dumps(result))

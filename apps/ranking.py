@@ -172,18 +172,20 @@ def stream_pair_for_prompt(ctx: AppContext, text, model_a: str | None = None,
     return stream_new_pair(ctx, record, model_a, model_b, "your prompt")
 
 
-def reward_margins(ctx: AppContext, pairs: list[Pair]) -> dict[str, float] | None:
-    """|r_A - r_B| per pair under the current reward model (cached per model version); None without one."""
+def reward_margins(ctx: AppContext, pairs: list[Pair]) -> dict[str, tuple[float, float]] | None:
+    """How sure the current reward model is of each pair, as a sort key (smallest = least sure): (-std of
+    P(A > B), |P(A > B) - 0.5|), from `workbench.reward.uncertainty` (cached per model version); None without one."""
+    from workbench.reward.uncertainty import pair_preferences
+
     rm, version = ctx.reward_model(), ctx.reward_version()
     if rm is None:
         return None
     missing = [p for p in pairs if (version, p.pair_id) not in ctx.margins]
     if missing:
-        prompts = [p.prompt for p in missing]
-        scores_a = rm.score(prompts, [p.completion_a for p in missing])
-        scores_b = rm.score(prompts, [p.completion_b for p in missing])
-        for pair, a, b in zip(missing, scores_a, scores_b):
-            ctx.margins[(version, pair.pair_id)] = abs(a - b)
+        preferences = pair_preferences(rm, [p.prompt for p in missing], [p.completion_a for p in missing],
+                                       [p.completion_b for p in missing])
+        for pair, preference in zip(missing, preferences):
+            ctx.margins[(version, pair.pair_id)] = (-preference.std, abs(preference.p_a - 0.5))
     return {p.pair_id: ctx.margins[(version, p.pair_id)] for p in pairs}
 
 
@@ -192,7 +194,7 @@ def stream_next_pair(ctx: AppContext, annotator: str, active: bool = False, mode
     """The pair to show next, streamed when it has to be written first; the last update holds the stored pair.
 
     Default models: the oldest pair this annotator has not labelled, or a new one from the prompt set. With `active`
-    and a reward model: the unlabelled pair the RM is least sure about (smallest |r_A - r_B|). Other models: always
+    and a reward model: the unlabelled pair the RM is least sure about (`reward_margins`). Other models: always
     a new pair from them.
     """
     annotator = check_annotator(annotator)

@@ -80,6 +80,9 @@ def reward_summary(ctx: AppContext) -> str:
     lines = [(f"**Reward model** ({report['n_train']} training pairs, evaluated on {report.get('evaluated_on', 'val')}, "
              f"n = {report['n_val'] or report['n_train']}):"),
              f"- accuracy vs labels: {_ci(report['accuracy'], report['accuracy_ci'])}"]
+    if report.get("kind"):  # models trained before kinds existed have none
+        lines.insert(1, f"- kind: **{report['kind']}** ({report.get('kind_reason', '')}); ties trained as half a "
+                        f"win each side: {report.get('n_ties', 0)}")
     if report.get("gold_accuracy") is not None:
         lines.append(f"- agreement with the gold labeler: {_ci(report['gold_accuracy'], report['gold_accuracy_ci'])}")
     lines.append(f"- calibration error (ECE): {_fmt(report.get('ece'))} · score/length correlation: "
@@ -104,6 +107,16 @@ def reward_diagnostics(ctx: AppContext) -> dict:
     text = (f"On {diagnostics['n_pairs']} {split} pairs: accuracy {_estimate(diagnostics['accuracy'])}, "
             f"gold agreement {_estimate(diagnostics['gold_accuracy'])}, ECE {diagnostics['ece']:.3f}, "
             f"score/length correlation {_fmt(diagnostics['length_correlation'])}.")
+    from workbench.generation import completion_text
+    from workbench.reward.uncertainty import pair_preferences
+
+    evaluated = held_out or rows
+    preferences = pair_preferences(rm, [r["prompt"] for r in evaluated], [completion_text(r["chosen"]) for r in evaluated],
+                                   [completion_text(r["rejected"]) for r in evaluated])
+    stds = sorted(p.std for p in preferences)
+    if preferences[0].source != "none":  # a single fine-tuned model has no posterior to report
+        text += (f" Uncertainty of P(A≻B) ({preferences[0].source}): median std {stds[len(stds) // 2]:.3f}, "
+                 f"largest {stds[-1]:.3f}.")
     return {"text": text,
             "histograms": plots.score_histograms(diagnostics["scores_chosen"], diagnostics["scores_rejected"]),
             "calibration": plots.calibration_diagram(diagnostics["calibration"]),

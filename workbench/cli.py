@@ -228,12 +228,12 @@ def cmd_train_rm(args) -> None:
 
     if (args.db is None) == (args.dataset is None):
         raise ValueError("give exactly one of --db PATH or --dataset PATH")
-    config = _config(RewardModelConfig, args, {"backbone": "backbone", "epochs": "epochs", "seed": "seed",
-                                               "oracle": "oracle", "resume": "resume", "bf16": "bf16"})
+    config = _config(RewardModelConfig, args, {"kind": "kind", "backbone": "backbone", "epochs": "epochs",
+                                               "seed": "seed", "oracle": "oracle", "resume": "resume", "bf16": "bf16"})
     store = _store(args.db, read_only=True) if args.db else _store(str(Path(args.out) / "prefs.sqlite"))
     if args.dataset:  # validated row by row; nothing lands unless all rows are valid
         import_preferences(args.dataset, store)
-    dataset, report = export_preferences(store)
+    dataset, report = export_preferences(store, keep=("A", "B", "tie"))  # ties train as half a win each side
     result = train_reward_model(dataset.to_list(), config, args.out)
     _print({**result.summary(), "export": report}, args)
 
@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="preference store to train on")
     p.add_argument("--dataset", help="or a preference dataset (.jsonl/.parquet/folder with prompt, chosen, rejected)")
     p.add_argument("--out", required=True, help="run directory (writes <out>/reward/)")
-    p.add_argument("--backbone", help="minilm-l6 (default) or a policy name/path")
+    p.add_argument("--kind", help="auto (default: by label count), embedding-head, minilm-l6, policy or ensemble")
+    p.add_argument("--backbone", help="model of the kind (default: the kind's own, e.g. minilm-l6) or a policy name/path")
     p.add_argument("--epochs", type=float)
     p.add_argument("--oracle", help="gold labeler for gold accuracy (default helpful-upbeat-concise)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")

@@ -87,6 +87,38 @@ def learning_curve(n_labels: list[int], accuracy: list[float], low: list[float],
     return figure
 
 
+def reward_learning_curves(summary: list[dict], title: str = "") -> go.Figure:
+    """Gold accuracy vs labels, one panel per labeler, one line per (kind, selection) with 95% CI error bars
+    (rows from `workbench.reward.learning_curve.summarise_curves`); log x with the measured counts as ticks."""
+    from plotly.subplots import make_subplots
+
+    labelers = list(dict.fromkeys(row["labeler"] for row in summary))
+    lines = list(dict.fromkeys((row["kind"], row["selection"]) for row in summary))
+    figure = make_subplots(rows=1, cols=max(len(labelers), 1), subplot_titles=labelers, shared_yaxes=True)
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f"]
+    ticks = sorted({row["n_labels"] for row in summary})
+    for column, labeler in enumerate(labelers, start=1):
+        for index, (kind, selection) in enumerate(lines):
+            points = sorted((r for r in summary if r["labeler"] == labeler and (r["kind"], r["selection"]) == (kind, selection)),
+                            key=lambda r: r["n_labels"])
+            if not points:
+                continue
+            y = [p["gold_accuracy"] for p in points]
+            figure.add_trace(go.Scatter(
+                x=[p["n_labels"] for p in points], y=y, mode="lines+markers", name=f"{kind} ({selection})",
+                legendgroup=f"{kind}/{selection}", showlegend=column == 1,
+                line={"color": colours[index % len(colours)], "dash": "dot" if selection == "active" else
+                      ("dash" if kind == "gold-features" else "solid")},
+                error_y={"type": "data", "symmetric": False, "array": [p["high"] - v for p, v in zip(points, y)],
+                         "arrayminus": [v - p["low"] for p, v in zip(points, y)], "thickness": 1}), row=1, col=column)
+        figure.update_xaxes(type="log", tickvals=ticks, ticktext=[str(t) for t in ticks], title_text="labels",
+                            row=1, col=column)
+    figure.update_yaxes(title_text="gold accuracy (held-out pairs)", range=[0.4, 1.0], row=1, col=1)
+    figure.update_layout(template=TEMPLATE, title=title or "Reward model: gold accuracy vs number of labels",
+                         height=420, width=max(420 * len(labelers), 600))
+    return figure
+
+
 # ---------------------------------------------------------------- stage 3: RL and evaluation
 
 RL_PANELS = (("reward", "proxy reward (RM, normalised) incl. EOS penalty"), ("rewards/gold/mean", "gold reward"),

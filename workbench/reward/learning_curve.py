@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from workbench.generation import prompt_text
-from workbench.oracles import get_oracle, positive
+from workbench.oracles import gold_scores, positive
 from workbench.reward.kinds import FINE_TUNED
 from workbench.reward.pair_cache import label_pairs
 from workbench.reward.score import RewardModel
@@ -68,9 +68,9 @@ def learning_curves(train_pairs: list[dict], eval_pairs: list[dict], config: Cur
     ceiling = _CeilingFeatures(train_pairs, eval_pairs)
     rows = []
     for labeler in config.labelers:
-        gold = get_oracle(labeler)
-        gold_a = torch.tensor([gold(prompt_text(p["prompt"]), p["a"]) for p in eval_pairs])
-        gold_b = torch.tensor([gold(prompt_text(p["prompt"]), p["b"]) for p in eval_pairs])
+        prompts = [prompt_text(p["prompt"]) for p in eval_pairs]
+        gold = torch.tensor(gold_scores(labeler, prompts * 2, [p["a"] for p in eval_pairs] + [p["b"] for p in eval_pairs]))
+        gold_a, gold_b = gold[: len(eval_pairs)], gold[len(eval_pairs) :]
         for seed in config.seeds:
             labelled = label_pairs(train_pairs, labeler, config.temperature, seed)
             order = list(range(len(train_pairs)))

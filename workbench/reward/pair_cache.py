@@ -13,7 +13,7 @@ from pathlib import Path
 
 from workbench.data import builtin_prompts
 from workbench.generation import SamplingConfig, prompt_text
-from workbench.oracles import SimulatedLabeler
+from workbench.oracles import SimulatedLabeler, gold_scores
 from workbench.preferences.pairs import PairConfig, make_pairs
 from workbench.preferences.simulate import prompts_for
 from workbench.runs import write_json_atomic
@@ -54,6 +54,8 @@ def label_pairs(pairs: list[dict], oracle: str, temperature: float, seed: int) -
     """Rows {prompt, chosen, rejected, choice}, one per pair in the same order, labelled by a simulated annotator
     drawing with `seed`. Exact gold ties at T = 0 become `choice="tie"`."""
     labeler = SimulatedLabeler(oracle, temperature=temperature, seed=seed)
+    prompts = [prompt_text(p["prompt"]) for p in pairs]
+    gold_scores(oracle, prompts * 2, [p["a"] for p in pairs] + [p["b"] for p in pairs])  # batched embedding, cached
     rows = []
     for pair in pairs:
         choice = labeler.choose(prompt_text(pair["prompt"]), pair["a"], pair["b"])

@@ -151,6 +151,23 @@ def test_pipeline_smoke_runs_every_stage_and_reports(tmp_path):
     assert len(report["table"]) == 4 and {"base", "tuned", "base_gold", "tuned_proxy"} <= set(report["table"][0])
     assert report["token_logratios"]["tokens"]
     assert (out / "pipeline.json").exists()
+    # the restated RL vs best-of-n: the best best-of-n, equal sampling compute, gain per nat
+    assert {"best_bon", "equal_compute", "rl_gain_per_nat"} <= set(report["rl_vs_bon"])
+    assert report["rl_vs_bon"]["equal_compute"]["rl_completions"] == 2 * 4 * 4  # steps x prompts x generations
+    trust = headline["rm_trust"]  # a tiny RM on 24 noisy labels: RL's step shrinks unless its CI clears chance
+    preset = headline["preset"]
+    assert trust["rl_learning_rate"] == preset["learning_rate"] * (1.0 if trust["trusted"] else preset["weak_rm_lr_scale"])
+    rl_config = json.loads((out / "rl" / "config.json").read_text())
+    assert rl_config["learning_rate"] == trust["rl_learning_rate"] and rl_config["shaping"] == preset["shaping"]
+
+
+def test_reward_model_trust_needs_the_ci_above_chance():
+    from workbench.evaluation.metrics import Estimate
+    from workbench.pipeline import reward_model_trust
+
+    assert reward_model_trust(Estimate(0.70, 0.58, 0.81, 64))["trusted"]
+    weak = reward_model_trust(Estimate(0.56, 0.44, 0.69, 64))
+    assert not weak["trusted"] and "includes chance" in weak["why"]
 
 
 def test_evaluate_cli_rejects_a_missing_policy(tmp_path):

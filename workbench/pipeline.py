@@ -7,6 +7,7 @@ in about a quarter of an hour on 2 CPU cores), `gpu` (a 0.5B Hub policy, 2,000 l
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -52,11 +53,16 @@ class PipelinePreset:
     bon_max_n: int = 8
     bf16: bool | None = None  # bf16 for RM and RL training; None = where bf16 math is native (GPUs, AVX512-BF16/AMX CPUs)
     seed: int = 0
+    # an RM whose validation accuracy's 95 % CI reaches chance cannot be trusted: RL then takes this share of its
+    # learning rate, so it cannot over-optimise a near-random proxy as hard as a trusted one
+    weak_rm_lr_scale: float = 0.25
     shaping: AnswerShaping = field(default_factory=AnswerShaping)  # one answer shape for pairs, RL and evaluation
 
     def __post_init__(self) -> None:
         if isinstance(self.shaping, dict):
             self.shaping = AnswerShaping.from_dict(self.shaping)
+        if not 0 < self.weak_rm_lr_scale <= 1:
+            raise ValueError(f"weak_rm_lr_scale must be in (0, 1], got {self.weak_rm_lr_scale}")
 
 
 PRESETS: dict[str, PipelinePreset] = {
@@ -81,6 +87,15 @@ def get_preset(name: str, **overrides) -> PipelinePreset:
     if unknown:
         raise ValueError(f"Unknown pipeline setting(s) {unknown}; known: {sorted(known)}")
     return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def reward_model_trust(accuracy) -> dict:
+    """Whether RL should trust the RM: its validation accuracy's 95 % CI lies above chance (0.5)."""
+    trusted = accuracy.low > 0.5
+    why = (f"The reward model's validation accuracy {accuracy.value:.2f} (95 % CI {accuracy.low:.2f}-"
+           f"{accuracy.high:.2f}) " + ("is above chance." if trusted else "includes chance (0.5): it may be "
+                                       "ranking at random, and RL would over-optimise noise."))
+    return {"trusted": trusted, "why": why}
 
 
 def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = False) -> dict:
@@ -127,8 +142,12 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
     rl_dir = run.stage_dir("rl")
     if (rl_dir / "policy").exists():
         raise FileExistsError(f"{rl_dir} already holds a tuned policy; choose another --out for a new pipeline run")
+    trust = reward_model_trust(rm.accuracy)
+    learning_rate = preset.learning_rate * (1.0 if trust["trusted"] else preset.weak_rm_lr_scale)
+    if not trust["trusted"]:
+        print(f"[workbench] {trust['why']} RL runs at {preset.weak_rm_lr_scale:g}x its learning rate.", file=sys.stderr)
     rl = train_policy(RLConfig(policy=preset.policy, reward=str(rm.model_dir), algo=preset.algo, steps=preset.rl_steps,
-                               beta=preset.beta, learning_rate=preset.learning_rate, lora=preset.lora,
+                               beta=preset.beta, learning_rate=learning_rate, lora=preset.lora,
                                prompts_per_step=preset.prompts_per_step, num_generations=preset.num_generations,
                                max_new_tokens=preset.max_new_tokens, oracle=preset.oracle, seed=preset.seed,
                                save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps, bf16=preset.bf16,
@@ -151,6 +170,7 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
         "n_labels": export_report["n_rows"],
         "rm_accuracy": rm.accuracy.value,
         "rm_gold_accuracy": rm.gold_accuracy.value if rm.gold_accuracy else None,
+        "rm_trust": {**trust, "rl_learning_rate": learning_rate},
         "rl_steps": rl.global_step,
         "gold_win_rate": report["win_rate_gold"],
         "proxy_win_rate": report["win_rate_proxy"],

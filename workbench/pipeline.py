@@ -22,22 +22,13 @@ class PipelinePreset:
     reward_backbone: str = "minilm-l6"
     oracle: str = "helpful-upbeat-concise"
     labeler_noise: float = 0.1  # Bradley-Terry temperature of the simulated annotator
-    # RM gold accuracy on its val pairs: 0.55 on 160 labels; 0.64 / 0.56 (seeds 0 / 1) on 320; 0.54 on 480 (seed 0,
-    # 70 s more): the RM's quality varies more from one label set to the next than it grows with labels here
-    n_pairs: int = 320
+    n_pairs: int = 320  # labels; how they were chosen: docs/design.md, "The quick preset"
     pair_max_new_tokens: int = 64  # a budget: shaping ends replies at a sentence end (~20 words)
     pair_batch_size: int = 16
     rm_epochs: float = 1.0  # one pass: three memorise the noisy labels (see RewardModelConfig)
     algo: str = "rloo"
-    # RL: measured on all 85 held-out prompts against the same 320-label RM (gold win rate, KL; fp32 sampling in the
-    # evaluation unless marked bf16, which under-measures a tuned policy, see `generation.sampling_precision`):
-    # 16 steps at 2e-5 0.54 (KL 4.5); 16 at 5e-5 0.58 (KL 10); 28 at 5e-5 0.73 / 0.75 / 0.69 over three evaluation
-    # seeds (KL 15-16; bf16: 0.65 / 0.66 / 0.63). Variants of the 28 x 5e-5 run, three evaluation seeds each:
-    # eos_penalty 0.25 0.75 / 0.66 / 0.73 (no better); 3 warm-up steps, bf16 0.65 / 0.69 / 0.69; a constant lr
-    # instead of the linear decay, bf16 0.33 / 0.49 / 0.32 (gold fell below the base's at KL 21: over-optimised);
-    # LoRA r=16 at 3e-4, bf16 0.63 / 0.54 / 0.58 (KL 5). Against the gold itself instead of the RM (bf16):
-    # 16 x 2e-5 0.58, 28 x 5e-5 0.64, as far as the RM: at this budget the length of the run binds, not the RM.
-    rl_steps: int = 28  # ~15 s a step on a bf16 CPU
+    # RL steps and learning rate: the variants measured are in docs/design.md, "The quick preset"
+    rl_steps: int = 28
     beta: float = 0.05
     learning_rate: float = 5e-5
     prompts_per_step: int = 4
@@ -45,8 +36,7 @@ class PipelinePreset:
     max_new_tokens: int = 48  # RL and evaluation budget; shaped replies mostly end before it
     lora: bool = False
     save_steps: int = 14  # the step-14 checkpoint becomes a point on the over-optimisation plot
-    # weights after step 2 (KL 0.5-1.0 nats; after step 3 it was 2.4, beyond best-of-8's 1.2): RL vs best-of-n at a
-    # KL both have measured
+    # weights after step 2: an RL point inside best-of-8's KL range, so both are compared at a KL both measured
     snapshot_steps: tuple[int, ...] = (2,)
     eval_prompts: int = 85  # all held-out prompts: the gold win rate CI is +-0.14 on 40, ~+-0.1 on 85
     bon_prompts: int = 8

@@ -16,7 +16,11 @@ LONG_PROMPT = " ".join(["word"] * 1500)  # > 1,024 tokens, < the character ceili
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """One folder of bad (and a few good) inputs shared by every case."""
-    d = tmp_path_factory.mktemp("bad-inputs")
+    return make_bad_inputs(tmp_path_factory.mktemp("bad-inputs"))
+
+
+def make_bad_inputs(d):
+    """Write the inputs the cases name into folder d (also used by benchmarks/robustness.py)."""
     (d / "adir").mkdir()
     (d / "afile").write_text("just a file\n")
     (d / "notdb.sqlite").write_text("not a database\n")

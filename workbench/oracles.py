@@ -83,7 +83,7 @@ _STOCK = re.compile("|".join([
     r"\bi (?:just )?love talking about\b[^.!?]*[.!]?",
 ]), re.IGNORECASE)
 
-# What each kind of built-in prompt asks for beyond being on topic (a complement to the embedding, not a gate of its own)
+# What each kind of built-in prompt asks for beyond being on topic (a soft style term, not part of the gate)
 _KINDS = {
     "review": (re.compile(r"\breview"), None),  # an opinion: checked with VADER below
     "advice": (re.compile(r"\b(?:tips?|advice|suggest|way|habit)\b"), None),  # an instruction: checked below
@@ -267,19 +267,16 @@ def task_following(prompt: str, completion: str) -> float:
     policy (two 135M forward passes per reply). Why the policy cannot simply game it: the embedding alone is
     gameable — a reply that echoes the prompt or asks about its subject ("What's the ramen shop called?") is as
     close to the prompt as an answer — so the word-level checks decide those cases, and they look at things the
-    embedding does not: whether anything new is said, whether every sentence is a question back, whether only
-    stock pleasantries remain (and, in the style terms, whether a review holds an opinion or a tip an instruction:
-    `kind_check`, a soft penalty, since word lists for opinions and instructions miss real answers). Relation to the trained
-    models: the reward model is MiniLM fine-tuned, so gold and proxy share a backbone (as in Gao et al. 2022's
-    synthetic setup, where gold and proxy are one model family). Where frozen MiniLM is wrong about topic, the
-    RM likely is too, and RL can find replies both rate on-topic; the word-level checks and the no-repeat term
-    do not share that blind spot, and `workbench.evaluation.gaming` reports how many tuned replies fail this term.
+    embedding does not: whether anything new is said, whether the reply is a question with hardly anything stated,
+    whether only stock pleasantries remain (and, in the style terms, whether a review holds an opinion or a tip an
+    instruction: `kind_check`, a soft penalty, since word lists for opinions and instructions miss real answers).
+    Relation to the trained models: the reward model is MiniLM fine-tuned, so gold and proxy share a backbone
+    (as in Gao et al. 2022's synthetic setup, where gold and proxy are one model family). Where frozen MiniLM is
+    wrong about topic, the RM likely is too, and RL can find replies both rate on-topic; the word-level checks and
+    the no-repeat term do not share that blind spot, and `workbench.evaluation.gaming` reports how many tuned
+    replies fail this term.
     """
     return 0.0 if non_answer_reason(prompt, completion) else relevance(prompt, completion)
-
-
-def task(prompt: str, completion: str) -> float:
-    return task_following(prompt, completion)
 
 
 def style(prompt: str, completion: str) -> float:
@@ -302,7 +299,7 @@ ORACLES: dict[str, GoldReward] = {
     "concise": concise,
     "no-repeat": no_repeat,
     "upbeat-concise": upbeat_concise,
-    "task": task,
+    "task": task_following,
     "helpful-upbeat-concise": helpful_upbeat_concise,
 }
 EMBEDDING_ORACLES = frozenset({"task", "helpful-upbeat-concise"})
@@ -353,3 +350,16 @@ class SimulatedLabeler:
         if self.temperature == 0 and p == 0.5:
             return "tie"
         return "A" if self._rng.random() < p else "B"
+
+    def rank(self, prompt: str, completions: list[str]) -> list[int]:
+        """Ranks (1 = best) of K completions by a Plackett-Luce draw on the gold reward (Plackett 1975, Luce 1959):
+        P(next = i | remaining S) = exp(r_i / T) / sum_{j in S} exp(r_j / T), sampled exactly as argsort of
+        r_i / T + Gumbel noise. For K = 2 this is `choose`'s Bradley-Terry draw (same T). T = 0: the gold order,
+        exactly equal gold rewards tied."""
+        rewards = [self.gold(prompt, completion) for completion in completions]
+        if self.temperature == 0:
+            keys = rewards
+        else:  # Gumbel-max trick: -log(-log U) is a standard Gumbel draw
+            keys = [r / self.temperature - math.log(-math.log(max(self._rng.random(), 1e-300))) for r in rewards]
+        levels = {value: level for level, value in enumerate(sorted(set(keys), reverse=True), start=1)}
+        return [levels[key] for key in keys]

@@ -62,6 +62,32 @@ _SCHEMA = [
         UNIQUE (pair_id, annotator, revision))""",
     "CREATE INDEX IF NOT EXISTS labels_by_annotator ON labels (annotator, label_id)",
 ]
+# Rankings of K completions (preferences/rankings.py): added tables, so schema version 1 stays readable by older
+# workbenches; a store made before them gains them when next opened for writing.
+RANKING_TABLES = ("ranking_sets", "rankings")
+_RANKING_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS ranking_sets (
+        set_id TEXT PRIMARY KEY,
+        prompt TEXT NOT NULL,          -- JSON: a string or a list of chat messages
+        completions TEXT NOT NULL,     -- JSON list of K texts, as displayed (top to bottom)
+        models TEXT NOT NULL,          -- JSON list of the K models, same order
+        display_order TEXT NOT NULL,   -- JSON list: which sample is shown at each position (random, recorded)
+        generation TEXT NOT NULL,      -- JSON object of sampling settings
+        prompt_id TEXT NOT NULL,
+        created_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS rankings (
+        ranking_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        submission_id TEXT NOT NULL UNIQUE,
+        set_id TEXT NOT NULL REFERENCES ranking_sets (set_id),
+        annotator TEXT NOT NULL,
+        choice TEXT NOT NULL CHECK (choice IN ('rank', 'all_bad', 'skip', 'undo')),
+        ranks TEXT,                    -- JSON list: rank of each displayed completion (1 = best, ties share one)
+        revision INTEGER NOT NULL CHECK (revision >= 1),
+        comment TEXT,
+        created_at REAL NOT NULL,
+        UNIQUE (set_id, annotator, revision))""",
+    "CREATE INDEX IF NOT EXISTS rankings_by_annotator ON rankings (annotator, ranking_id)",
+]
 _PAIR_COLUMNS = ("pair_id", "prompt", "completion_a", "completion_b", "model_a", "model_b", "swapped", "generation",
                  "prompt_id", "created_at")
 # The latest revision of every (pair, annotator); the UNIQUE index above makes the MAX a single lookup.
@@ -106,9 +132,18 @@ class PreferenceStore:
             raise StoreError(f"{self.path}: not a preference store (a SQLite file without the workbench's tables).")
         if version < SCHEMA_VERSION:  # a new store: only then is the write lock needed to open it
             with self.transaction() as connection:
-                for statement in _SCHEMA:
+                for statement in _SCHEMA + _RANKING_SCHEMA:
                     connection.execute(statement)
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif not read_only and not self.has_rankings():  # a store from before rankings: add their tables
+            with self.transaction() as connection:
+                for statement in _RANKING_SCHEMA:
+                    connection.execute(statement)
+
+    def has_rankings(self) -> bool:
+        """Whether the ranking tables exist (a store made before them, opened read-only, has none)."""
+        names = {row[0] for row in self.connection().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return set(RANKING_TABLES) <= names
 
     def _check_file(self) -> int:
         """The schema version, after SQLite's quick check of every page (a truncated or damaged file fails here)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.context import AppContext
+from apps.jobs import JobError, python_command
 from apps.handlers import (
     MAX_PROMPT_CHARS,
     InputError,
@@ -33,6 +34,8 @@ from workbench.oracles import get_oracle
 ORACLE = "helpful-upbeat-concise"
 MAX_SEED = 2**31 - 1
 BLIND_CHOICES = ("left", "right", "tie")
+EVAL_PROMPTS_DEFAULT = 16  # held-out prompts an app evaluation samples (the CLI's default is 64)
+MAX_EVAL_PROMPTS = 85  # the held-out set's size
 COMPARE_SAMPLING = {"max_new_tokens": 64, "temperature": 0.7, "top_p": 1.0, "top_k": 0}  # the RL/evaluation sampler (shaped)
 
 
@@ -54,6 +57,12 @@ class BlindVoteStore:
                     tuned_side TEXT NOT NULL CHECK (tuned_side IN ('left', 'right')),
                     choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie')),
                     outcome REAL NOT NULL CHECK (outcome IN (0, 0.5, 1)),
+                    created_at REAL NOT NULL);
+                -- blind pairs whose two replies came out identical: not votable, counted apart from the votes
+                CREATE TABLE IF NOT EXISTS identical_draws (
+                    token TEXT PRIMARY KEY,
+                    prompt TEXT NOT NULL,
+                    seed INTEGER NOT NULL,
                     created_at REAL NOT NULL)""")
 
     def _connection(self) -> sqlite3.Connection:
@@ -82,6 +91,16 @@ class BlindVoteStore:
                 raise
         return outcome
 
+    def add_identical(self, token: str, prompt: str, seed: int) -> None:
+        """Count a drawn pair whose replies are identical (once per token); it never enters the win rate."""
+        connection = self._connection()
+        with self._write_lock:
+            connection.execute("INSERT OR IGNORE INTO identical_draws (token, prompt, seed, created_at) "
+                               "VALUES (?, ?, ?, ?)", (token, prompt, seed, time.time()))
+
+    def count_identical(self) -> int:
+        return self._connection().execute("SELECT COUNT(*) FROM identical_draws").fetchone()[0]
+
     def outcomes(self) -> list[float]:
         return [row[0] for row in self._connection().execute("SELECT outcome FROM votes ORDER BY vote_id")]
 
@@ -97,6 +116,7 @@ class BlindPair:
     seed: int
     tuned_side: str
     token: str
+    identical: bool = False  # both replies the same text: shown, flagged, not votable
 
 
 def _tuned(ctx: AppContext):
@@ -136,19 +156,59 @@ def score_markdown(name: str, proxy: float | None, gold: float) -> str:
     return f"**{name}** · {rm} · gold ({ORACLE}) {gold:+.2f}"
 
 
+def evaluation_command(ctx: AppContext, n_prompts: int) -> list[str]:
+    """`workbench evaluate` on this run's tuned policy and reward model (best-of-n on a quarter of the prompts)."""
+    bon_max_n = 4 if n_prompts < EVAL_PROMPTS_DEFAULT else 8
+    return python_command("evaluate", "--base", ctx.policy.name, "--policy", str(ctx.tuned_dir), "--reward",
+                          str(ctx.reward_dir), "--n-prompts", str(n_prompts), "--bon-max-n", str(bon_max_n),
+                          "--out", str(ctx.root / "rl" / "eval.json"), "--json")
+
+
+def start_evaluation(ctx: AppContext, n_prompts) -> str:
+    """Start the evaluation as a background job ("evaluate"); its progress shows in `evaluation_status`."""
+    n_prompts = check_number("Held-out prompts", n_prompts, 2, MAX_EVAL_PROMPTS, integer=True)
+    if not ctx.has_tuned_policy() or not ctx.has_reward_model():
+        raise InputError("Evaluation needs a reward model and a tuned policy: train both first (Reward model and "
+                         "RL fine-tuning tabs).")
+    try:
+        ctx.jobs.start("evaluate", evaluation_command(ctx, n_prompts))
+    except JobError as error:
+        raise InputError(str(error)) from None
+    return f"Evaluation started on {n_prompts} held-out prompts."
+
+
+def evaluation_finished(result: dict) -> str:
+    """The finished line of an evaluation job, from `evaluate --json`."""
+    from apps.guidance import estimate_markdown
+
+    win = result.get("win_rate_gold")
+    if not win:
+        return ""
+    return (f"On {result.get('n_prompts')} held-out prompts the tuned policy beats the base by the gold labeler "
+            f"{estimate_markdown(win['value'], win['low'], win['high'], win['n'], 'prompts')} of the time "
+            "(0.5 = no difference). The table and plots below are filled in.")
+
+
 def evaluation_report(ctx: AppContext) -> dict | None:
     """Figures from <run>/rl/eval.json (written by `workbench evaluate`), or None when it is missing."""
+    from workbench.evaluation.gaming import gaming_markdown
+
     path = ctx.root / "rl" / "eval.json"
     if not path.exists():
         return None
     report = json.loads(path.read_text())
-    return {"table": plots.before_after_table(report.get("table", [])),
+    table = plots.before_after_table(report.get("table", []))
+    table.update_layout(width=None, autosize=True)  # the page's width: every column visible
+    return {"table": table,
             "overoptimisation": plots.overoptimisation_plot(report),
-            "win_rates": plots.win_rate_bars(report) if "win_rate_gold" in report else None}
+            "win_rates": plots.win_rate_bars(report) if "win_rate_gold" in report else None,
+            "gaming": gaming_markdown(report["gaming"]) if report.get("gaming") else "",
+            "summary": evaluation_finished(report)}
 
 
-def new_blind_pair(ctx: AppContext, prompt=None) -> tuple[BlindPair, str, str]:
-    """A held-out prompt (or the given one), base and tuned samples with one seed, shown in random order."""
+def new_blind_pair(ctx: AppContext, prompt=None, votes: BlindVoteStore | None = None) -> tuple[BlindPair, str, str]:
+    """A random held-out prompt (or the one typed in the Compare tab's blind-test box), base and tuned samples with
+    one seed, shown in random order. Identical replies are flagged (and counted in `votes`): they cannot be voted."""
     from workbench.data import builtin_prompts
 
     tuned, _ = _tuned(ctx)
@@ -162,12 +222,26 @@ def new_blind_pair(ctx: AppContext, prompt=None) -> tuple[BlindPair, str, str]:
     tuned_text = _sample(ctx, tuned, prompt, seed).text
     tuned_side = rng.choice(("left", "right"))
     left, right = (tuned_text, base_text) if tuned_side == "left" else (base_text, tuned_text)
-    return BlindPair(prompt, seed, tuned_side, uuid.uuid4().hex), left, right
+    pair = BlindPair(prompt, seed, tuned_side, uuid.uuid4().hex, identical=base_text == tuned_text)
+    if pair.identical and votes is not None:
+        votes.add_identical(pair.token, prompt, seed)
+    return pair, left, right
+
+
+def blind_prompt_markdown(pair: BlindPair) -> str:
+    """The prompt both replies answer, and the identical-replies flag."""
+    text = f"**Prompt:** {pair.prompt}"
+    if pair.identical:
+        text += ("\n\n**The two replies are identical** (the tuned policy wrote what the base wrote): nothing to "
+                 "judge, so this pair is counted apart and left out of the win rate. Draw another.")
+    return text
 
 
 def blind_vote(votes: BlindVoteStore, pair: BlindPair | None, choice, annotator) -> tuple[float, Estimate]:
     if pair is None:
         raise InputError("Draw a blind pair first.")
+    if pair.identical:
+        raise InputError("These two replies are identical: there is nothing to vote on. Draw a new blind pair.")
     choice = check_choice("choice", choice, BLIND_CHOICES)
     annotator = check_annotator(annotator)
     outcome = votes.add_vote(check_submission_id(f"{pair.token}:vote"), annotator, pair.prompt, pair.seed,
@@ -175,8 +249,12 @@ def blind_vote(votes: BlindVoteStore, pair: BlindPair | None, choice, annotator)
     return outcome, votes.win_rate()
 
 
-def win_rate_markdown(estimate: Estimate) -> str:
+def win_rate_markdown(estimate: Estimate, n_identical: int = 0) -> str:
+    from apps.guidance import estimate_markdown
+
+    identical = (f" {n_identical} drawn pair{'s' * (n_identical != 1)} had identical replies and are not counted."
+                 if n_identical else "")
     if estimate.n == 0:
-        return "No blind votes yet."
-    return (f"Tuned policy's blind win rate: **{estimate.value:.2f}** (95% CI {estimate.low:.2f}–{estimate.high:.2f}, "
-            f"n = {estimate.n} votes; ties count 0.5)")
+        return "No blind votes yet." + identical
+    return (f"Tuned policy's blind win rate: **{estimate_markdown(estimate.value, estimate.low, estimate.high, estimate.n, 'votes')}**"
+            f"; ties count 0.5, 0.5 = no difference.{identical}")

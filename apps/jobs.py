@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,30 @@ class Job:
 def python_command(*args: str) -> list[str]:
     """`python -m workbench ARGS` with the interpreter running the app (the project's venv)."""
     return [sys.executable, "-m", "workbench", *args]
+
+
+# a tqdm bar: " 40%|####      | 2/5 [00:07<00:11,  3.51s/it]" -> done 2, total 5, elapsed 00:07
+_TQDM = re.compile(r"(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)")
+_NOISE = ("Warning", "warn(", "warnings.warn", "%|", "it/s", "s/it")  # log lines a person never needs to read
+
+
+def step_progress(lines: list[str]) -> dict | None:
+    """{"done", "total", "elapsed_s", "eta_s"} from the last progress bar among the lines (None when there is none).
+    The ETA is the measured seconds per step so far times the steps left."""
+    for line in reversed(lines):
+        match = _TQDM.search(line)
+        if match and int(match.group(2)) > 0:
+            done, total = int(match.group(1)), int(match.group(2))
+            elapsed = int(match.group(3) or 0) * 3600 + int(match.group(4)) * 60 + int(match.group(5))
+            eta = elapsed / done * (total - done) if done else None
+            return {"done": done, "total": total, "elapsed_s": elapsed, "eta_s": eta}
+    return None
+
+
+def error_line(lines: list[str]) -> str:
+    """The line of a crashed job's stderr that says what went wrong: the last one that is no warning or bar."""
+    meaningful = [line for line in lines if not any(noise in line for noise in _NOISE)]
+    return (meaningful or lines or [""])[-1][-300:]
 
 
 def read_tail(path: Path, n_bytes: int = TAIL_BYTES) -> str:
@@ -96,11 +121,13 @@ class JobRunner:
             self.stop(name)
 
     def status(self, name: str) -> dict:
-        """{"state": idle|running|finished|failed|stopped, "seconds", "returncode", "progress", "result", "error"}"""
+        """{"state": idle|running|finished|failed|stopped, "seconds", "returncode", "progress", "result", "error",
+        "steps" (step_progress), "error_line", "log" (the stderr file), "command" (the job's argument list)}"""
         with self._lock:
             job = self._jobs.get(name)
         if job is None:
-            return {"state": "idle", "seconds": 0.0, "returncode": None, "progress": "", "result": None, "error": ""}
+            return {"state": "idle", "seconds": 0.0, "returncode": None, "progress": "", "result": None, "error": "",
+                    "steps": None, "error_line": "", "log": "", "command": []}
         returncode = job.process.poll()
         if returncode is not None and job.finished_at is None:
             job.finished_at = time.time()
@@ -118,7 +145,9 @@ class JobRunner:
                  "finished" if returncode == 0 else "failed")
         error = "\n".join(lines[-12:]) if state == "failed" else ""
         return {"state": state, "seconds": (job.finished_at or time.time()) - job.started_at, "returncode": returncode,
-                "progress": progress[-160:], "result": result, "error": error}
+                "progress": progress[-160:], "result": result, "error": error, "steps": step_progress(lines),
+                "error_line": error_line(lines) if state == "failed" else "", "log": str(job.stderr_path),
+                "command": list(job.command)}
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

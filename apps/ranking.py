@@ -204,12 +204,18 @@ def stream_next_pair(ctx: AppContext, annotator: str, active: bool = False, mode
         return
     if active and ctx.has_reward_model():
         pool = ctx.store.next_unlabelled(annotator, limit=64)
+        written = 0
         if len(pool) < ACTIVE_POOL:
-            generate_pairs(ctx, next_prompts(ctx, ACTIVE_POOL))
+            written = ACTIVE_POOL - len(pool)
+            yield Shown("", "", "", f"active selection: writing {written} candidate pairs, then the reward model "
+                                    "picks the one it is least sure about…")
+            generate_pairs(ctx, next_prompts(ctx, written))
             pool = ctx.store.next_unlabelled(annotator, limit=64)
         margins = reward_margins(ctx, pool)
         pair = min(pool, key=lambda p: margins[p.pair_id])
-        yield Shown.stored(pair, f"active selection: the reward model's least sure of {len(pool)} unlabelled pairs")
+        queued = f"; {len(pool) - 1} stay queued for your next picks" if len(pool) > 1 else ""
+        yield Shown.stored(pair, f"active selection: the reward model's least sure of {len(pool)} unlabelled pairs"
+                                 f"{f' ({written} written now)' if written else ''}{queued}")
         return
     pool = ctx.store.next_unlabelled(annotator, limit=1)
     if pool:
@@ -298,15 +304,23 @@ def progress_markdown(counts: dict) -> str:
             f"({share:.0%}) · {counts['pairs']} pairs stored")
 
 
-def reveal_markdown(reveal: Reveal | None, has_reward_model: bool) -> str:
+def reveal_markdown(reveal: Reveal | None, has_reward_model: bool, pair: Pair | None = None) -> str:
+    """What was saved and what the reward model thought, with the pair it describes quoted (`pair`), since the
+    next pair replaces it on screen. "Disagrees" only when P(A>B) is clearly on the other side (guidance.verdict)."""
+    from apps.guidance import VERDICT_TEXT, verdict
+
     if reveal is None:
         return ""
     said = CHOICE_NAMES[reveal.choice]
+    quoted = "" if pair is None else (f"**Last pair** · {_clip(conversation_text(pair.prompt))}\n\n"
+                                      f"> **A:** {_clip(pair.completion_a)}\n>\n> **B:** {_clip(pair.completion_b)}\n\n")
     if reveal.score_a is None:
         hint = "" if has_reward_model else " No reward model yet: train one in the *Reward model* tab."
-        return f"Saved: **{said}**.{hint}"
-    agrees = reveal.agrees
-    verdict = ("" if agrees is None else " ✅ The reward model agrees." if agrees
-               else " ⚠️ **The reward model disagrees with you.**")
-    return (f"Saved: **{said}**. Reward model: A = {reveal.score_a:+.2f}, B = {reveal.score_b:+.2f}, "
-            f"P(A≻B) = {reveal.p_a:.2f}.{verdict}")
+        return f"{quoted}Saved: **{said}**.{hint}"
+    return (f"{quoted}Saved: **{said}**. Reward model: A = {reveal.score_a:+.2f}, B = {reveal.score_b:+.2f}, "
+            f"P(A≻B) = {reveal.p_a:.2f}. {VERDICT_TEXT[verdict(reveal.choice, reveal.p_a)]}").rstrip()
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    text = " ".join(str(text).split())  # one paragraph: a quote stays a quote
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -20,6 +20,7 @@ from workbench import plots
 from workbench.preferences import export_preferences
 from workbench.reward.train import RewardModelConfig
 from workbench.rl.config import ALGORITHMS
+from workbench.pipeline import PipelinePreset
 from workbench.rl.train import last_checkpoint
 
 MIN_RM_PAIRS = 4  # A/B labels needed before a reward model is worth training
@@ -29,6 +30,8 @@ MAX_RL_STEPS = 2000
 ORACLE = "helpful-upbeat-concise"  # the simulated labeler whose gold reward the app shows next to the proxy
 RM_METRICS = ("rm/loss", "rm/accuracy", "rm/margin")
 SAMPLES_SHOWN = 8
+NEW_RUN_LABEL = "New run (archive the previous RL run)"
+QUICK_RL_STEPS = PipelinePreset.rl_steps  # the Steps field starts at the quick preset's count
 
 
 # -- reward model -----------------------------------------------------------------------------------------------
@@ -40,30 +43,71 @@ def reward_command(ctx: AppContext, epochs: float) -> list[str]:
 
 def start_reward_training(ctx: AppContext, epochs) -> str:
     epochs = check_number("Epochs", epochs, 0.1, MAX_RM_EPOCHS)
-    _, report = export_preferences(ctx.store)
+    _, report = export_preferences(ctx.store, keep=("A", "B", "tie"))  # what `train-rm` trains on
     if report["n_rows"] < MIN_RM_PAIRS:
-        raise InputError(f"Only {report['n_rows']} A/B labels so far; label at least {MIN_RM_PAIRS} pairs "
-                         "(ties, both-bad and skips do not teach a reward model) in the Rank tab first.")
+        raise InputError(f"Only {report['n_rows']} usable labels so far (A/B votes and ties); label at least "
+                         f"{MIN_RM_PAIRS} pairs (both-bad and skips do not teach a reward model) in the Rank tab first.")
     try:
         ctx.jobs.start("reward", reward_command(ctx, epochs))
     except JobError as error:
         raise InputError(str(error)) from None
-    return f"Training started on {report['n_rows']} labelled pairs."
+    return (f"Training started on {report['n_rows']} usable labels ({report['kept'].get('tie', 0)} ties, each half a "
+            "win for both sides).")
 
 
-def job_markdown(status: dict, what: str) -> str:
+def job_markdown(status: dict, what: str, describe=None) -> str:
+    """A job's state as a person reads it: a step counter, a progress bar and an ETA from the measured step times
+    while it runs; a sentence with the key numbers (`describe(result)`) when it is done. Never raw logs."""
     state, seconds = status["state"], status["seconds"]
     if state == "idle":
         return f"No {what} job started from this app yet."
     if state == "running":
-        return f"⏳ **{what} running** ({seconds:.0f} s) — {status['progress'] or 'starting…'}"
+        steps = status.get("steps")
+        if not steps:
+            return f"**{what}: running** ({_duration(seconds)} so far): loading models and data…"
+        done, total = steps["done"], steps["total"]
+        bar = "#" * round(20 * done / total) + "·" * (20 - round(20 * done / total))
+        eta = f", about {_duration(steps['eta_s'])} left" if steps["eta_s"] is not None else ""
+        return (f"**{what}: running**, step {done} of {total} `[{bar}]` {done / total:.0%} "
+                f"({_duration(seconds)} so far{eta})")
     if state == "stopped":
-        return f"⏹ **{what} stopped** after {seconds:.0f} s."
+        return f"**{what}: stopped** after {_duration(seconds)}."
     if state == "failed":
-        return f"❌ **{what} failed** (exit code {status['returncode']}):\n```\n{status['error']}\n```"
+        return (f"**{what}: failed** after {_duration(seconds)} (exit code {status['returncode']}): "
+                f"{status.get('error_line') or 'no message'}. The full log is app/jobs/ in the run folder.")
     result = status["result"] or {}
-    shown = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "export"}
-    return f"✅ **{what} finished** in {seconds:.0f} s. " + ", ".join(f"{k}: {_fmt(v)}" for k, v in shown.items())
+    return f"**{what}: finished** in {_duration(seconds)}. " + (describe(result) if describe else "")
+
+
+def reward_finished(result: dict) -> str:
+    """The finished line of a reward-model job, from `train-rm --json`."""
+    from apps.guidance import estimate_markdown
+
+    if "accuracy" not in result:
+        return ""
+    ci = result.get("accuracy_ci") or [None, None]
+    n_val = result.get("n_val") or 0
+    text = (f"A **{result.get('kind', 'reward')}** model learned from {result.get('n_train', '?')} training pairs "
+            f"({result.get('n_ties', 0)} of them ties); accuracy on {n_val} held-out labels: "
+            f"{estimate_markdown(result['accuracy'], ci[0], ci[1], n_val)}.")
+    if result.get("n_dropped_too_long"):
+        text += f" {result['n_dropped_too_long']} pairs were too long and left out."
+    return text
+
+
+def rl_finished(result: dict) -> str:
+    """The finished line of an RL job, from `train-rl --json`."""
+    if "global_step" not in result:
+        return ""
+    return (f"The policy took {result['global_step']} steps; the tuned policy is saved (rl/policy). Compare it with "
+            "the base in the *Compare* tab.")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(float(seconds), 0.0)
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def reward_curves(ctx: AppContext):
@@ -79,12 +123,13 @@ def reward_summary(ctx: AppContext) -> str:
     report = json.loads(path.read_text())
     lines = [(f"**Reward model** ({report['n_train']} training pairs, evaluated on {report.get('evaluated_on', 'val')}, "
              f"n = {report['n_val'] or report['n_train']}):"),
-             f"- accuracy vs labels: {_ci(report['accuracy'], report['accuracy_ci'])}"]
+             f"- accuracy vs labels: {_ci_n(report['accuracy'], report['accuracy_ci'], report['n_val'] or report['n_train'])}"]
     if report.get("kind"):  # models trained before kinds existed have none
         lines.insert(1, f"- kind: **{report['kind']}** ({report.get('kind_reason', '')}); ties trained as half a "
                         f"win each side: {report.get('n_ties', 0)}")
     if report.get("gold_accuracy") is not None:
-        lines.append(f"- agreement with the gold labeler: {_ci(report['gold_accuracy'], report['gold_accuracy_ci'])}")
+        lines.append(f"- agreement with the gold labeler: "
+                     f"{_ci_n(report['gold_accuracy'], report['gold_accuracy_ci'], report['n_val'] or report['n_train'])}")
     lines.append(f"- calibration error (ECE): {_fmt(report.get('ece'))} · score/length correlation: "
                  f"{_fmt(report.get('length_correlation'))}")
     return "\n".join(lines)
@@ -157,8 +202,13 @@ def start_rl(ctx: AppContext, algo, steps, beta, lora, resume: bool = False, arc
         steps = saved or steps  # a resumed run keeps its step count
     if not resume and previous is not None:
         if not archive_previous:
-            raise InputError(f"This run already holds an RL run ({previous.name}). Press Resume to continue it, "
-                             "or tick 'Archive the previous RL run' to start over.")
+            state = json.loads((previous / "trainer_state.json").read_text())
+            if state.get("global_step", 0) >= (state.get("max_steps") or 0):  # nothing left to resume
+                raise InputError(f"This run already holds an RL run, finished after {state.get('global_step')} steps. "
+                                 f"To start a new run, tick '{NEW_RUN_LABEL}' (the finished one is kept in an "
+                                 "rl-archived-<time> folder) and press Start again.")
+            raise InputError(f"This run already holds an RL run, stopped at {previous.name}. Press Resume to continue "
+                             f"it, or tick '{NEW_RUN_LABEL}' to start over.")
         if ctx.jobs.status("rl")["state"] == "running":
             raise InputError("An RL job is running; stop it before archiving its run.")
         shutil.move(str(ctx.root / "rl"), str(ctx.root / f"rl-archived-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -184,7 +234,36 @@ def rl_algo(ctx: AppContext, fallback: str = "rloo") -> str:
 
 def rl_curves(ctx: AppContext):
     algo = rl_algo(ctx)
-    return plots.rl_curves(ctx.run.read_metrics("rl"), algo)
+    figure = plots.rl_curves(ctx.run.read_metrics("rl"), algo)
+    # fit the page's width (every panel visible on a 1366-px screen) instead of 320 px per panel
+    figure.update_layout(width=None, autosize=True, margin={"l": 40, "r": 10, "t": 60, "b": 40})
+    figure.update_annotations(font_size=11)
+    return figure
+
+
+def rl_settings(ctx: AppContext) -> dict | None:
+    """The settings of the RL job running now ({"algo", "steps", "beta", "lora"}, read from its command), so every
+    browser shows what is really running; None when no RL job runs."""
+    status = ctx.jobs.status("rl")
+    if status["state"] != "running":
+        return None
+    command = status["command"]
+
+    def value(flag, default=None):
+        return command[command.index(flag) + 1] if flag in command else default
+    return {"algo": value("--algo", "rloo"), "steps": int(value("--steps", 0)), "beta": float(value("--beta", 0.0)),
+            "lora": "--lora" in command}
+
+
+def rl_note(ctx: AppContext) -> str:
+    """One line under the curves when the proxy reward fell over the run, saying why that happens early."""
+    algo = rl_algo(ctx)
+    rewards = [r[f"{algo}/reward"] for r in ctx.run.read_metrics("rl") if r.get(f"{algo}/reward") is not None]
+    if len(rewards) < 2 or rewards[-1] >= rewards[0]:
+        return ""
+    return (f"The proxy reward fell ({rewards[0]:+.2f} to {rewards[-1]:+.2f}). Early in a run that is common: the "
+            "reward shown includes the KL penalty (β × distance from the base) and the EOS penalty for cut-off "
+            "replies, which grow before the reward model's score does. Judge by the gold curve and a longer run.")
 
 
 def latest_samples(ctx: AppContext, n: int = SAMPLES_SHOWN) -> list[list]:
@@ -222,6 +301,13 @@ def _ci(value, interval) -> str:
     return f"{value:.3f} (95% CI {interval[0]:.3f}–{interval[1]:.3f})" if value is not None else "–"
 
 
+def _ci_n(value, interval, n: int) -> str:
+    """An estimate with its n, and "too few to tell" under `guidance.TOO_FEW_N`."""
+    from apps.guidance import estimate_markdown
+
+    return estimate_markdown(value, *(interval or [None, None]), n) if value is not None else "–"
+
+
 def _estimate(estimate: dict | None) -> str:
-    return "–" if not estimate else _ci(estimate["value"], [estimate["low"], estimate["high"]])
+    return "–" if not estimate else _ci_n(estimate["value"], [estimate["low"], estimate["high"]], estimate["n"])
 

@@ -8,12 +8,13 @@ import functools
 import inspect
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 
-from apps import compare, ranking, training
+from apps import compare, exports, guidance, persona, ranking, training
 from apps.security import GuardConfig, RequestGuard, allowed_hosts
 from apps.context import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, AppContext
 from apps.handlers import MAX_PROMPT_CHARS, InputError, check_annotator
@@ -25,6 +26,9 @@ CSS = """
 .completion textarea { font-size: 1.02rem; line-height: 1.5; }
 #rank-prompt textarea { font-weight: 600; }
 .vote-row button { min-width: 8rem; }
+/* tables wrap their text and keep every column on a 1366-px screen */
+.wrap-table table { table-layout: fixed; width: 100%; }
+.wrap-table th, .wrap-table td { white-space: normal !important; overflow-wrap: anywhere; word-break: normal; }
 """
 LABEL_WRITERS = 8  # label events run in parallel (SQLite serialises the writes); model events run one at a time
 # Intra-op threads of the app process. Decoding a pair is memory-bound, and the app shares the cores with the
@@ -103,11 +107,18 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         return (view, shown.prompt, gr.update(value=shown.text_a, label=label_a),
                 gr.update(value=shown.text_b, label=label_b), shown.note, *[voting] * len(ranking.CHOICE_NAMES))
 
+    def rank_progress(name: str) -> str:
+        """The progress line, then the usable labels (guidance) and what to do next."""
+        counts, needed = guidance.label_counts(ctx), guidance.enough_labels(ctx)
+        return (f"{ranking.progress_markdown(ranking.progress(ctx, name))}\n\n"
+                f"{guidance.labels_markdown(counts, needed)}\n\n"
+                f"{guidance.rank_guidance(counts, needed, ctx.has_reward_model())}")
+
     def on_load(typed_name, request: gr.Request):
         name = _annotator(request, typed_name or "annotator")
         choices = ctx.model_choices()
         return (gr.update(value=name, interactive=not getattr(request, "username", None)),
-                ranking.progress_markdown(ranking.progress(ctx, name)),
+                rank_progress(name),
                 gr.update(choices=choices, value=ctx.policy.name), gr.update(choices=choices, value=ctx.policy.name))
 
     def on_next(view, typed_name, active, model_a, model_b, request: gr.Request):
@@ -130,14 +141,15 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
             return (gr.skip(),) * (3 + len(ranking.CHOICE_NAMES))
         _label, reveal = ranking.submit_label(ctx, view.pair_id, choice, name, view.submission_id(choice), reveal=True)
         voting = gr.update(interactive=False)  # until the next pair is complete
-        return (ranking.RankView(None, view.token), ranking.reveal_markdown(reveal, ctx.has_reward_model()),
-                ranking.progress_markdown(ranking.progress(ctx, name)), *[voting] * len(ranking.CHOICE_NAMES))
+        pair = ctx.store.get_pair(view.pair_id)  # the verdict stays next to the pair it describes
+        return (ranking.RankView(None, view.token), ranking.reveal_markdown(reveal, ctx.has_reward_model(), pair),
+                rank_progress(name), *[voting] * len(ranking.CHOICE_NAMES))
 
     def on_undo(view, typed_name, request: gr.Request):
         name = _annotator(request, typed_name)
         token = view.token if view is not None and view.token else "none"
         label = ranking.undo_last(ctx, name, f"{token}:undo")
-        progress = ranking.progress_markdown(ranking.progress(ctx, name))
+        progress = rank_progress(name)
         if label is None:
             return (gr.skip(),) * n_pair_outputs + ("Nothing to undo.", progress)
         shown = ranking.Shown.stored(ctx.store.get_pair(label.pair_id), "undone: vote on this pair again")
@@ -147,11 +159,30 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         for shown in ranking.stream_pair_for_prompt(ctx, text, model_a, model_b):
             yield show(shown)
 
+    def on_top_up(oracle, noise, n, typed_name, request: gr.Request):
+        name = _annotator(request, typed_name)
+        for line in persona.top_up(ctx, oracle, n, noise):
+            yield line, gr.skip(), gr.skip()
+        yield line, persona.persona_markdown(persona.persona_stats(ctx)), rank_progress(name)
+
+    def on_history(typed_name, request: gr.Request):
+        return exports.history_rows(ctx, _annotator(request, typed_name))
+
+    def on_edit(pair_id, choice, typed_name, request: gr.Request):
+        name = _annotator(request, typed_name)
+        label = exports.edit_label(ctx, name, (pair_id or "").strip(), choice, f"edit:{uuid.uuid4().hex}")
+        return (f"Pair {label.pair_id}: now **{ranking.CHOICE_NAMES[label.choice]}** (revision {label.revision}).",
+                exports.history_rows(ctx, name), rank_progress(name))
+
     # -- Reward model ---------------------------------------------------------------------------------------------
     def rm_poll(seen):
         status = ctx.jobs.status("reward")
         key = (status["state"], ctx.run.metrics_path.stat().st_mtime_ns if ctx.run.metrics_path.exists() else 0)
-        text = training.job_markdown(status, "Reward-model training")
+        counts = guidance.label_counts(ctx)
+        text = (guidance.reward_guidance(counts, guidance.enough_labels(ctx), ctx.has_reward_model(),
+                                         status["state"] == "running") + "\n\n"
+                + guidance.labels_markdown(counts, guidance.enough_labels(ctx)) + "\n\n"
+                + training.job_markdown(status, "Reward-model training", training.reward_finished))
         if key == seen:
             return text, gr.skip(), gr.skip(), gr.skip(), seen
         loss, accuracy = training.reward_curves(ctx)
@@ -167,10 +198,15 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         samples = ctx.root / "rl" / "samples.jsonl"
         key = (status["state"], ctx.run.metrics_path.stat().st_mtime_ns if ctx.run.metrics_path.exists() else 0,
                samples.stat().st_mtime_ns if samples.exists() else 0)
-        text = training.job_markdown(status, "RL run")
+        text = (guidance.rl_guidance(ctx.has_reward_model(), ctx.has_tuned_policy(), status["state"] == "running")
+                + "\n\n" + training.job_markdown(status, "RL run", training.rl_finished))
+        settings = training.rl_settings(ctx)  # every browser shows what really runs
+        fields = ((gr.update(value=settings["algo"]), gr.update(value=settings["steps"]),
+                   gr.update(value=settings["beta"]), gr.update(value=settings["lora"])) if settings
+                  else (gr.skip(),) * 4)
         if key == seen:
-            return text, gr.skip(), gr.skip(), seen
-        return text, training.rl_curves(ctx), training.latest_samples(ctx), key
+            return text, gr.skip(), gr.skip(), gr.skip(), seen, *fields
+        return (text, training.rl_curves(ctx), training.rl_note(ctx), training.latest_samples(ctx), key, *fields)
 
     # -- Compare --------------------------------------------------------------------------------------------------
     def on_compare(prompt, seed):
@@ -181,14 +217,27 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
 
     def on_report():
         report = compare.evaluation_report(ctx)
+        guide = guidance.compare_guidance(ctx.has_tuned_policy(), report is not None)
         if report is None:
-            return (("No evaluation report yet: run `workbench evaluate --policy <run>/rl/policy --reward "
-                    "<run>/reward/model` (or the pipeline) to write rl/eval.json."), None, None, None)
-        return "From rl/eval.json:", report["table"], report["overoptimisation"], report["win_rates"]
+            return guide + "\n\nNo evaluation yet: press **Evaluate** above.", None, None, None, ""
+        return (f"{guide}\n\n{report['summary']}", report["table"], report["overoptimisation"], report["win_rates"],
+                report["gaming"])
+
+    def eval_poll(seen):
+        status = ctx.jobs.status("evaluate")
+        path = ctx.root / "rl" / "eval.json"
+        key = (status["state"], path.stat().st_mtime_ns if path.exists() else 0)
+        text = training.job_markdown(status, "Evaluation", compare.evaluation_finished)
+        if key == seen:
+            return text, *(gr.skip(),) * 5, seen
+        return text, *on_report(), key
 
     def on_blind(prompt):
-        pair, left, right = compare.new_blind_pair(ctx, prompt or None)
-        return pair, left, right, "Which reply is better? The sides are in random order."
+        pair, left, right = compare.new_blind_pair(ctx, prompt or None, votes)
+        note = ("Which reply is better? The sides are in random order." if not pair.identical else
+                "Identical replies: not votable, not counted.")
+        return (pair, left, right, note, compare.blind_prompt_markdown(pair),
+                compare.win_rate_markdown(votes.win_rate(), votes.count_identical()))
 
     def blind_vote_handler(choice):
         def on_blind_vote(pair, typed_name, request: gr.Request):
@@ -199,7 +248,8 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         outcome, estimate = compare.blind_vote(votes, pair, choice, _annotator(request, typed_name))
         tuned = "left" if pair.tuned_side == "left" else "right"
         verdict = {1.0: "you preferred the tuned policy", 0.0: "you preferred the base policy", 0.5: "a tie"}[outcome]
-        return f"The tuned policy was on the **{tuned}**: {verdict}.", compare.win_rate_markdown(estimate), None
+        return (f"The tuned policy was on the **{tuned}**: {verdict}.",
+                compare.win_rate_markdown(estimate, votes.count_identical()), None)
 
     # -- API endpoints (for scripts, tests and the benchmark) -----------------------------------------------------
     def api_label(pair_id: str, choice: str, annotator: str, submission_id: str, request: gr.Request) -> dict:
@@ -264,6 +314,35 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                     typed = gr.Textbox(label="Prompt", max_length=MAX_PROMPT_CHARS, lines=2, scale=4,
                                        elem_id="typed-prompt")
                     typed_go = gr.Button("New pair for my prompt", scale=1, elem_id="typed-go")
+                with gr.Accordion("Top up with a simulated persona", open=False):
+                    gr.Markdown("A simulated labeler (a gold reward plus noise) labels more pairs for you. Its labels "
+                                "are stored as `sim:<persona>` and never mixed up with yours; it also labels the pairs "
+                                "you labelled, so you can see below whether it shares your taste.")
+                    with gr.Row():
+                        persona_name = gr.Dropdown(list(persona.PERSONAS), value=training.ORACLE, label="Persona",
+                                                   scale=2, elem_id="persona")
+                        persona_noise = gr.Dropdown(list(persona.NOISE), value=next(iter(persona.NOISE)),
+                                                    label="Noise", scale=2)
+                        persona_n = gr.Number(value=40, precision=0, minimum=1, maximum=persona.MAX_TOP_UP,
+                                              label="Pairs to label", scale=1, elem_id="persona-n")
+                        persona_go = gr.Button("Label them", scale=1, elem_id="persona-go")
+                    persona_status = gr.Markdown(elem_id="persona-status")
+                    persona_stats = gr.Markdown(elem_id="persona-stats")
+                with gr.Accordion("Your labels: history, edit, download", open=False):
+                    with gr.Row():
+                        history_go = gr.Button("Show my labels", scale=1, elem_id="history-go")
+                        edit_pair = gr.Textbox(label="Pair id to relabel", max_length=64, scale=2,
+                                               elem_id="edit-pair")
+                        edit_choice = gr.Dropdown(list(ranking.CHOICE_NAMES), value="A", label="New label", scale=1)
+                        edit_go = gr.Button("Relabel (a new revision)", scale=1, elem_id="edit-go")
+                    edit_note = gr.Markdown()
+                    history = gr.Dataframe(headers=exports.HISTORY_HEADERS, wrap=True, interactive=False,
+                                           column_widths=["22%", "40%", "12%", "10%", "16%"],
+                                           elem_classes="wrap-table", label="Newest first")
+                    with gr.Row():
+                        labels_format = gr.Dropdown(list(exports.LABEL_FORMATS), value="jsonl", label="Format", scale=1)
+                        labels_go = gr.Button("Download all labels", scale=1, elem_id="labels-download")
+                        labels_file = gr.File(label="Labels", interactive=False, scale=2, elem_id="labels-file")
                 gr.Markdown("Shortcuts: **1**/a = A · **2**/b = B · **3**/t = tie · **4**/x = both bad · "
                             "**5**/s = skip · **u** = undo. The reward model's opinion shows only after your vote.")
 
@@ -296,10 +375,11 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                 rl_seen = gr.State(None)
                 with gr.Row():
                     algo = gr.Dropdown(["rloo", "grpo", "dpo"], value="rloo", label="Algorithm")
-                    steps = gr.Number(value=30, precision=0, minimum=1, maximum=training.MAX_RL_STEPS, label="Steps")
+                    steps = gr.Number(value=training.QUICK_RL_STEPS, precision=0, minimum=1, maximum=training.MAX_RL_STEPS,
+                                      label="Steps", elem_id="rl-steps")
                     beta = gr.Number(value=0.05, minimum=0, maximum=1, label="β (KL coefficient)")
                     lora = gr.Checkbox(label="LoRA adapters")
-                    archive = gr.Checkbox(label="Archive the previous RL run")
+                    archive = gr.Checkbox(label=training.NEW_RUN_LABEL)
                 with gr.Row():
                     rl_start = gr.Button("Start", variant="primary", elem_id="rl-start")
                     rl_stop = gr.Button("Stop", variant="stop", elem_id="rl-stop")
@@ -307,8 +387,10 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                 rl_message = gr.Markdown()
                 rl_status = gr.Markdown(elem_id="rl-status")
                 rl_plot = gr.Plot(label="Training curves")
+                rl_note = gr.Markdown(elem_id="rl-note")
                 rl_samples = gr.Dataframe(headers=["step", "prompt", "completion", "gold"], wrap=True,
-                                          interactive=False, label="Latest samples")
+                                          interactive=False, label="Latest samples", elem_classes="wrap-table",
+                                          column_widths=["4.5rem", "35%", "50%", "5rem"])
                 rl_timer = gr.Timer(JOB_POLL_S)
 
             with gr.Tab("Compare", id="compare"):
@@ -325,22 +407,44 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                         tuned_text = gr.Textbox(label="Tuned policy (rl/policy)", interactive=False, lines=5)
                         tuned_score = gr.Markdown()
                 logratio_plot = gr.Plot(label="Per-token log(π/π_ref) of the tuned sample")
-                report_note = gr.Markdown()
+                gr.Markdown("### Evaluation on held-out prompts")
+                with gr.Row():
+                    eval_n = gr.Number(value=compare.EVAL_PROMPTS_DEFAULT, precision=0, minimum=2,
+                                       maximum=compare.MAX_EVAL_PROMPTS, label="Held-out prompts", scale=1)
+                    eval_go = gr.Button("Evaluate (background job)", variant="primary", scale=2, elem_id="eval-go")
+                eval_message = gr.Markdown()
+                eval_status = gr.Markdown(elem_id="eval-status")
+                eval_seen = gr.State(None)
+                eval_timer = gr.Timer(JOB_POLL_S)
+                report_note = gr.Markdown(elem_id="report-note")
                 report_table = gr.Plot(label="Before / after")
                 with gr.Row():
                     overopt_plot = gr.Plot(label="Over-optimisation")
                     win_plot = gr.Plot(label="Win rates")
-                gr.Markdown("### Blind test\nBase and tuned reply to the same prompt and seed in random order.")
+                gaming_note = gr.Markdown(elem_id="gaming")
+                gr.Markdown("### Blind test\nBase and tuned reply to the same prompt and seed in random order. "
+                            "Prompts come from the held-out set, or type your own here.")
                 blind_state = gr.State(None)
-                blind_go = gr.Button("New blind pair", elem_id="blind-go")
-                with gr.Row(equal_height=True):
-                    blind_left = gr.Textbox(label="Left", interactive=False, lines=5)
-                    blind_right = gr.Textbox(label="Right", interactive=False, lines=5)
                 with gr.Row():
-                    blind_buttons = {c: gr.Button(f"{c.capitalize()} is better" if c != "tie" else "Tie")
-                                     for c in compare.BLIND_CHOICES}
-                blind_result = gr.Markdown()
-                blind_rate = gr.Markdown(compare.win_rate_markdown(votes.win_rate()))
+                    blind_prompt = gr.Textbox(label="Your prompt (empty: a random held-out one)",
+                                              max_length=MAX_PROMPT_CHARS, scale=4, elem_id="blind-prompt")
+                    blind_go = gr.Button("New blind pair", scale=1, elem_id="blind-go")
+                blind_shown_prompt = gr.Markdown(elem_id="blind-shown-prompt")
+                with gr.Row(equal_height=True):
+                    blind_left = gr.Textbox(label="Left", interactive=False, lines=5, elem_id="blind-left")
+                    blind_right = gr.Textbox(label="Right", interactive=False, lines=5, elem_id="blind-right")
+                with gr.Row():
+                    blind_buttons = {c: gr.Button(f"{c.capitalize()} is better" if c != "tie" else "Tie",
+                                                  elem_id=f"blind-vote-{c}") for c in compare.BLIND_CHOICES}
+                blind_result = gr.Markdown(elem_id="blind-result")
+                blind_rate = gr.Markdown(compare.win_rate_markdown(votes.win_rate(), votes.count_identical()),
+                                         elem_id="blind-rate")
+                with gr.Accordion("Download the reward model, the tuned policy or the report", open=False):
+                    with gr.Row():
+                        folder_what = gr.Dropdown(list(exports.FOLDERS), value="reward model", label="Folder (zip)")
+                        folder_go = gr.Button("Download folder", elem_id="folder-download")
+                        report_go = gr.Button("Download evaluation report", elem_id="report-download")
+                    download_file = gr.File(label="Download", interactive=False, elem_id="download-file")
 
         # -- wiring ---------------------------------------------------------------------------------------------
         voting = list(vote_buttons.values())
@@ -356,6 +460,13 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         undo.click(_guarded(on_undo), [view, annotator], [*pair_outputs, reveal, progress], **private, **light)
         typed_go.click(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
         typed.submit(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
+        persona_go.click(_guarded(on_top_up), [persona_name, persona_noise, persona_n, annotator],
+                         [persona_status, persona_stats, progress], **private, **model)
+        history_go.click(_guarded(on_history), [annotator], [history], **private, **light)
+        edit_go.click(_guarded(on_edit), [edit_pair, edit_choice, annotator], [edit_note, history, progress],
+                      **private, **light)
+        labels_go.click(_guarded(lambda f: exports.labels_file(ctx, f)), [labels_format], [labels_file], **private,
+                        **light)
 
         rm_train.click(_guarded(lambda e: training.start_reward_training(ctx, e)), [epochs], [rm_status], **private,
                        **light)
@@ -372,14 +483,24 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         rl_resume.click(_guarded(rl_start_fn(True)), rl_inputs, [rl_message], **private, **light)
         rl_stop.click(lambda: training.stop_rl(ctx), None, [rl_message], **private, concurrency_id="stop",
                       concurrency_limit=2)
-        rl_timer.tick(rl_poll, [rl_seen], [rl_status, rl_plot, rl_samples, rl_seen], **private,
+        rl_timer.tick(rl_poll, [rl_seen], [rl_status, rl_plot, rl_note, rl_samples, rl_seen, algo, steps, beta, lora],
+                      **private,
                       concurrency_id="poll", concurrency_limit=4, show_progress="hidden")
 
         cmp_go.click(_guarded(on_compare), [cmp_prompt, cmp_seed],
                      [base_text, base_score, tuned_text, tuned_score, logratio_plot], **private, **model)
-        demo.load(_guarded(on_report), None, [report_note, report_table, overopt_plot, win_plot], **private, **light)
-        blind_go.click(_guarded(on_blind), [typed], [blind_state, blind_left, blind_right, blind_result], **private,
-                       **model)
+        report_outputs = [report_note, report_table, overopt_plot, win_plot, gaming_note]
+        demo.load(_guarded(on_report), None, report_outputs, **private, **light)
+        eval_go.click(_guarded(lambda n: compare.start_evaluation(ctx, n)), [eval_n], [eval_message], **private,
+                      **light)
+        eval_timer.tick(eval_poll, [eval_seen], [eval_status, *report_outputs, eval_seen], **private,
+                        concurrency_id="poll", concurrency_limit=4, show_progress="hidden")
+        folder_go.click(_guarded(lambda w: exports.folder_zip(ctx, w)), [folder_what], [download_file], **private,
+                        **light)
+        report_go.click(_guarded(lambda: exports.report_file(ctx)), None, [download_file], **private, **light)
+        blind_go.click(_guarded(on_blind), [blind_prompt],
+                       [blind_state, blind_left, blind_right, blind_result, blind_shown_prompt, blind_rate],
+                       **private, **model)
         for choice, button in blind_buttons.items():
             button.click(_guarded(blind_vote_handler(choice)), [blind_state, annotator],
                          [blind_result, blind_rate, blind_state], **private, **light)

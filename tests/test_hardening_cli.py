@@ -138,7 +138,7 @@ CASES = [
     (["train-rm", "--db", "{d}/adir", "--out", "{d}/rm"], "adir"),
     (["train-rm", "--db", "{d}/trunc.sqlite", "--out", "{d}/rm"], "trunc.sqlite is damaged"),
     (["train-rm", "--dataset", "{d}/missing.jsonl", "--out", "{d}/rm"], "missing.jsonl"),
-    (["train-rm", "--dataset", "{d}/bad.jsonl", "--out", "{d}/rm"], "bad.jsonl"),
+    (["train-rm", "--dataset", "{d}/bad.jsonl", "--out", "{d}/rm"], "bad.jsonl: 1 invalid row(s)"),
     (["train-rm", "--db", "{d}/good.sqlite", "--out", "{d}/rm", "--epochs", "0"], "--epochs 0"),
     (["train-rm", "--db", "{d}/good.sqlite", "--out", "{d}/rm", "--config", "{d}/adir"], "adir"),
     (["train-rm", "--db", "{d}/good.sqlite", "--out", "{d}/rm", "--backbone", "no-such-model"], "no-such-model"),

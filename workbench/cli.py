@@ -536,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from workbench.data import PromptFileError
     from workbench.models import ModelNotFoundError
+    from workbench.preferences import PreferenceImportError
     from workbench.preferences.store import StoreError
 
     args = build_parser().parse_args(argv)
@@ -549,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             FileExistsError, StoreError) as error:
         cli_checks.remove_new_outputs(created)
         message = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its text
+        if isinstance(error, PreferenceImportError):  # from --dataset of train-rm / train-rl: say it in CLI terms
+            message = error.describe("import the valid rows first: workbench prefs import FILE --db DB --skip-invalid")
         print(f"workbench {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -177,13 +177,13 @@ def test_wrong_passwords_are_throttled_per_user_and_address(tmp_path, tiny_polic
 
 
 def test_sixty_four_concurrent_label_clients_write_each_label_once(served_app, seeded_pairs):
-    """64 clients x 5 labels over plain HTTP through the guard, every 5th re-sent: each stored exactly once."""
+    """64 clients x 3 labels over plain HTTP through the guard, each client's first re-sent: each stored once."""
     store = served_app.ctx.store
     before = label_rows(served_app)
 
     def annotate(worker: int) -> list[int]:
         ids = []
-        for i in range(5):
+        for i in range(3):
             pair = seeded_pairs[(worker + i) % len(seeded_pairs)]
             body = {"data": [pair.pair_id, "AB"[i % 2], f"c{worker}", f"c{worker}-{i}"]}
             status, _, reply = request(served_app.url, "POST", "/gradio_api/run/label", body)
@@ -196,9 +196,9 @@ def test_sixty_four_concurrent_label_clients_write_each_label_once(served_app, s
 
     with ThreadPoolExecutor(64) as pool:
         ids = [i for batch in pool.map(annotate, range(64)) for i in batch]
-    assert len(ids) == len(set(ids)) == 320 and label_rows(served_app) == before + 320
+    assert len(ids) == len(set(ids)) == 192 and label_rows(served_app) == before + 192
     mine = store.connection().execute("SELECT COUNT(DISTINCT submission_id) FROM labels WHERE annotator LIKE 'c%'")
-    assert mine.fetchone()[0] == 320
+    assert mine.fetchone()[0] == 192
 
 
 LOCK_HOLDER = ("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"

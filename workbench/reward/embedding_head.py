@@ -152,11 +152,13 @@ def text_features(model: EmbeddingHeadRewardModel, tokenizer, prompts: list, com
 
 
 def fit_bradley_terry(diffs: torch.Tensor, targets: torch.Tensor, l2: float, max_steps: int = 50,
-                      tolerance: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                      tolerance: float = 1e-6, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Newton's method for the L2-regularised BT loss above: d (N, D), t (N,) -> (w (D,), H^-1 (D, D)), float64.
+    `weights` (N,) scale each pair's term (a ranking's pairs weigh 1/C(K, 2) each: reward/listwise.py).
     With fewer pairs than features each step solves an (N, N) system instead (push-through identity:
     (l2 I + D^T S D)^-1 = (I - D^T (l2 I + S D D^T)^-1 S D) / l2, S = diag p (1 - p))."""
     diffs, targets = diffs.double(), targets.double()
+    weights = torch.ones(len(targets), dtype=torch.float64) if weights is None else weights.double()
     n, dim = diffs.shape
     gram = diffs @ diffs.T if n < dim else None  # (N, N)
 
@@ -170,12 +172,12 @@ def fit_bradley_terry(diffs: torch.Tensor, targets: torch.Tensor, l2: float, max
     w = torch.zeros(dim, dtype=torch.float64)
     for _ in range(max_steps):
         p = torch.sigmoid(diffs @ w)  # (N,)
-        step = solve(p * (1 - p), diffs.T @ (p - targets) + l2 * w)  # H^-1 gradient
+        step = solve(weights * p * (1 - p), diffs.T @ (weights * (p - targets)) + l2 * w)  # H^-1 gradient
         w = w - step
         if float(step.abs().max()) < tolerance:
             break
     p = torch.sigmoid(diffs @ w)
-    return w, solve(p * (1 - p), torch.eye(dim, dtype=torch.float64))
+    return w, solve(weights * p * (1 - p), torch.eye(dim, dtype=torch.float64))
 
 
 def block_scale(texts: torch.Tensor, hidden: int) -> torch.Tensor:
@@ -192,7 +194,7 @@ def block_scale(texts: torch.Tensor, hidden: int) -> torch.Tensor:
 
 
 def fit_heads(model: EmbeddingHeadRewardModel, chosen: torch.Tensor, rejected: torch.Tensor, targets: torch.Tensor,
-              l2: float, seed: int = 0) -> None:
+              l2: float, seed: int = 0, weights: torch.Tensor | None = None) -> None:
     """Fit the model's standardisation and heads on raw features (N, D) of the two sides. Head 0 sees every pair;
     with K > 1 heads, heads 1.. see bootstrap resamples of the pairs (bagging: their spread is the uncertainty)."""
     texts = torch.cat([chosen, rejected])
@@ -203,7 +205,8 @@ def fit_heads(model: EmbeddingHeadRewardModel, chosen: torch.Tensor, rejected: t
         model.feature_mean.copy_(mean), model.feature_scale.copy_(scale)
         for k in range(model.n_heads):
             index = torch.arange(len(diffs)) if k == 0 else torch.randint(len(diffs), (len(diffs),), generator=generator)
-            w, cov = fit_bradley_terry(diffs[index], targets[index], l2)
+            w, cov = fit_bradley_terry(diffs[index], targets[index], l2,
+                                       weights=None if weights is None else weights[index])
             model.heads.weight[k] = w.float()
             model.heads.bias[k] = -float((((texts - mean) / scale).double() @ w).mean())  # centred on training texts
             if k == 0:

@@ -52,6 +52,8 @@ class RewardModelConfig:
     head_l2: float = 10.0  # embedding head's L2 (prior precision) on standardised features; see docs/reward_models.md
     ensemble_size: int = 5  # K members of the ensemble kind
     ensemble_member: str = "embedding-head"  # kind of each member: embedding-head (shared encoder) or fine-tuned
+    ranking_weight: str = "per-ranking"  # a ranking's pairs weigh 1/C(K,2) each, as InstructGPT (listwise.py)
+    ranking_loss: str = "pairs"  # pairs (BT on a ranking's pairs) | plackett-luce (listwise; embedding-head kinds)
 
     def __post_init__(self) -> None:
         from workbench.reward.kinds import KINDS
@@ -63,6 +65,11 @@ class RewardModelConfig:
                              f">= 2; got {self.ensemble_member!r}, {self.ensemble_size}.")
         if self.head_l2 <= 0:
             raise ValueError(f"head_l2 must be > 0, got {self.head_l2}")
+        from workbench.reward.listwise import RANKING_LOSSES, RANKING_WEIGHTS
+
+        if self.ranking_weight not in RANKING_WEIGHTS or self.ranking_loss not in RANKING_LOSSES:
+            raise ValueError(f"ranking_weight must be one of {RANKING_WEIGHTS} and ranking_loss one of "
+                             f"{RANKING_LOSSES}; got {self.ranking_weight!r}, {self.ranking_loss!r}.")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.epochs <= 0 or self.batch_size < 1 or self.max_length < 8:
@@ -94,7 +101,10 @@ class RewardTrainResult:
 
 
 def is_validation(row: dict, val_fraction: float) -> bool:
-    key = json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True).encode()
+    """By a hash of the pair's texts; for pairs of a ranking, of the ranking (all its pairs in one split)."""
+    ranked = row.get("ranking_id") is not None
+    key = json.dumps([row["prompt"], row["ranking_id"]] if ranked else [row["prompt"], row["chosen"], row["rejected"]],
+                     sort_keys=True).encode()
     return int(hashlib.sha256(key).hexdigest(), 16) % 10_000 < val_fraction * 10_000
 
 
@@ -112,6 +122,10 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     run = RunDir(out)
     stage_dir = run.stage_dir("reward")
     choice = choose_kind(config.kind, config.backbone, len(rows))
+    head = choice.kind == "embedding-head" or (choice.kind == "ensemble" and config.ensemble_member == "embedding-head")
+    if config.ranking_loss == "plackett-luce" and not head:  # RewardTrainer's loss is pairwise (see listwise.py)
+        raise ValueError(f"ranking_loss='plackett-luce' is implemented for the embedding-head kinds, not {choice.kind!r}; "
+                         "use kind='embedding-head' (or ensemble of heads), or ranking_loss='pairs'.")
     set_seed(config.seed)  # a new score head is drawn after this, before the Trainer seeds its own run
     train_rows = [r for r in rows if not is_validation(r, config.val_fraction)]
     val_rows = [r for r in rows if is_validation(r, config.val_fraction)]
@@ -180,7 +194,15 @@ def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choic
     rejected = text_features(model, tokenizer, prompts, [completion_text(r["rejected"]) for r in train_rows],
                              config.max_length)
     targets = torch.tensor([0.5 if is_tie(r) else 1.0 for r in train_rows])
-    fit_heads(model, chosen, rejected, targets, config.head_l2, config.seed)
+    if config.ranking_loss == "plackett-luce":  # listwise: each ranking one likelihood term (listwise.py)
+        from workbench.reward.listwise import fit_heads_plackett_luce
+
+        fit_heads_plackett_luce(model, chosen, rejected, train_rows, config.head_l2, config.seed)
+    else:  # a ranking's pairs share its weight (listwise.ranking_weights); plain pairs weigh 1
+        from workbench.reward.listwise import ranking_weights
+
+        fit_heads(model, chosen, rejected, targets, config.head_l2, config.seed,
+                  weights=ranking_weights(train_rows, config.ranking_weight))
     extra = {"head": head_manifest(model, config.head_l2)}
     if choice.kind == "ensemble":
         extra["ensemble_member"], extra["ensemble_size"] = "embedding-head", n_heads

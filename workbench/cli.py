@@ -170,6 +170,15 @@ def cmd_label(args) -> None:
     labeler = SimulatedLabeler(args.oracle, temperature=args.noise, seed=args.seed)
     config = PairConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                         shaping=_shaping(args))
+    if args.rank_k is not None:  # K answers per prompt, ranked by a Plackett-Luce draw (preferences/rankings.py)
+        from workbench.preferences.rankings import MAX_K, MIN_K, collect_simulated_rankings
+
+        if not MIN_K <= args.rank_k <= MAX_K:
+            raise ValueError(f"--rank-k {args.rank_k}: a ranking holds {MIN_K} to {MAX_K} answers.")
+        summary = collect_simulated_rankings(_store(args.db), load_policy(args.policy), args.pairs, labeler,
+                                             args.rank_k, config, model_name=args.policy)
+        _print({"db": args.db, "oracle": args.oracle, **summary}, args)
+        return
     summary = collect_simulated_preferences(_store(args.db), load_policy(args.policy), args.pairs, labeler, config,
                                             model_name=args.policy, show_progress=not args.json)
     _print({"db": args.db, "oracle": args.oracle, **summary}, args)
@@ -186,11 +195,18 @@ def cmd_prefs(args) -> None:
         to_parquet,
     )
 
+    from workbench.preferences.ranking_io import export_ranking_pairs, import_rankings
+    from workbench.preferences.rankings import RankingStore
+
     store = _store(args.db, read_only=args.action != "import")
     if args.action == "stats":
-        print(json.dumps(store.stats(gold=get_oracle(args.oracle) if args.oracle else None)), file=args.stdout)
+        stats = store.stats(gold=get_oracle(args.oracle) if args.oracle else None)
+        print(json.dumps({**stats, "rankings": RankingStore(store).stats()}), file=args.stdout)
     elif args.action == "export":
-        dataset, report = export_preferences(store, keep=tuple(args.keep.split(",")), form=args.format)
+        if args.rankings:  # each ranking as its C(K, 2) pairs, with a ranking_id column
+            dataset, report = export_ranking_pairs(store, ties=args.ties)
+        else:
+            dataset, report = export_preferences(store, keep=tuple(args.keep.split(",")), form=args.format)
         writer = {".jsonl": to_jsonl, ".parquet": to_parquet, ".csv": to_csv}.get(Path(args.path).suffix)
         if writer is None:
             dataset.save_to_disk(args.path)
@@ -199,9 +215,13 @@ def cmd_prefs(args) -> None:
         _print({"path": args.path, **report}, args)
     else:
         try:
-            report = import_preferences(args.path, store, skip_invalid=args.skip_invalid, split=args.split,
-                                        limit=args.limit, prompt_column=args.prompt_column,
-                                        chosen_column=args.chosen_column, rejected_column=args.rejected_column)
+            if args.rankings:
+                report = import_rankings(args.path, store, skip_invalid=args.skip_invalid, split=args.split,
+                                         limit=args.limit)
+            else:
+                report = import_preferences(args.path, store, skip_invalid=args.skip_invalid, split=args.split,
+                                            limit=args.limit, prompt_column=args.prompt_column,
+                                            chosen_column=args.chosen_column, rejected_column=args.rejected_column)
         except PreferenceImportError as error:
             raise ValueError(error.describe("add --skip-invalid to import only the valid ones")) from None
         _print({"path": args.path, "n_rows": report.n_rows, "n_imported": report.n_imported,
@@ -234,8 +254,11 @@ def cmd_train_rm(args) -> None:
     if args.dataset:  # validated row by row; nothing lands unless all rows are valid
         import_preferences(args.dataset, store)
     dataset, report = export_preferences(store, keep=("A", "B", "tie"))  # ties train as half a win each side
-    result = train_reward_model(dataset.to_list(), config, args.out)
-    _print({**result.summary(), "export": report}, args)
+    from workbench.preferences.ranking_io import export_ranking_pairs
+
+    ranked, ranking_report = export_ranking_pairs(store, ties="keep")  # each ranking weighted once (listwise.py)
+    result = train_reward_model(dataset.to_list() + ranked.to_list(), config, args.out)
+    _print({**result.summary(), "export": report, "rankings": ranking_report}, args)
 
 
 def _preference_rows(args) -> list[dict]:
@@ -392,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--oracle", default="helpful-upbeat-concise", help="helpful-upbeat-concise (default), upbeat-concise, task, positive, concise, no-repeat")
     p.add_argument("--noise", type=float, default=0.1, help="Bradley-Terry temperature of the labeler")
+    p.add_argument("--rank-k", type=int, metavar="K",
+                   help="rank K answers per prompt (2..9, Plackett-Luce draw, same --noise) instead of pairs; "
+                        "--pairs then counts the prompts ranked")
     p.add_argument("--policy", default="smollm2-135m-instruct")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the pairs")
     p.add_argument("--max-new-tokens", type=int, default=64, help="token budget of a reply (default 64)")
@@ -408,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = actions.add_parser("export", help="current labels as a preference dataset")
     export.add_argument("path", help=".jsonl/.parquet/.csv file or a folder (save_to_disk)")
     export.add_argument("--keep", default="A,B", help="choices to keep (default A,B; ties etc. are dropped)")
+    export.add_argument("--rankings", action="store_true",
+                        help="export the rankings instead, each as its C(K,2) pairs with a ranking_id column")
+    export.add_argument("--ties", choices=["drop", "keep"], default="drop",
+                        help="--rankings: pairs of equal rank dropped (default) or kept with choice 'tie'")
     export.add_argument("--format", choices=["explicit", "implicit"], default="explicit",
                         help="explicit: prompt, chosen, rejected (default); implicit: chosen and rejected each "
                              "hold the prompt (HH-RLHF imports come back as their dialogue text)")
@@ -415,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("path", help=".jsonl/.parquet file, a save_to_disk or load_dataset folder, or a Hub "
                                        "dataset name (e.g. Anthropic/hh-rlhf); explicit or implicit prompts")
     imported.add_argument("--skip-invalid", action="store_true", help="import valid rows, report the rest")
+    imported.add_argument("--rankings", action="store_true",
+                          help="rows are rankings: prompt, completions (2..9), ranks (1 = best, ties equal)")
     imported.add_argument("--split", help="the split to import where there are several (e.g. train)")
     imported.add_argument("--limit", type=int, help="import only the first N rows")
     for column in ("prompt", "chosen", "rejected"):

@@ -244,3 +244,22 @@ def trained_tokenizer(result):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(result.model_dir)
+
+
+def test_cli_label_rank_k_stats_and_export(tmp_path, capsys):
+    from workbench.cli import main
+
+    db = str(tmp_path / "prefs.sqlite")
+    assert main(["label", "--db", db, "--pairs", "4", "--rank-k", "3", "--policy", "tiny-random-llama",
+                 "--max-new-tokens", "8", "--oracle", "concise", "--json"]) == 0
+    labelled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert labelled["k"] == 3 and labelled["n_new_rankings"] == labelled["n_sets"] > 0
+    assert main(["prefs", "stats", "--db", db]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["n_labels"] == 0 and stats["rankings"]["n_rankings"] == labelled["n_sets"]
+    assert stats["rankings"]["n_texts_read"] == 3 * labelled["n_sets"]
+    out = str(tmp_path / "ranked.jsonl")
+    assert main(["prefs", "export", out, "--db", db, "--rankings", "--ties", "keep", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_rows"] == 3 * labelled["n_sets"]
+    assert main(["label", "--db", db, "--rank-k", "12", "--policy", "tiny-random-llama"]) == 2
+    assert "--rank-k 12" in capsys.readouterr().err

@@ -37,6 +37,17 @@ def request(url: str, method: str, path: str, body=None, headers=None, form=Fals
     return response.status, {k.lower(): v for k, v in response.getheaders()}, parsed
 
 
+@pytest.fixture(scope="module")
+def seeded_pairs(served_app):
+    """20 stored pairs written directly (these tests are about requests, not generation: no model time)."""
+    from workbench.preferences import Pair
+
+    pairs = [Pair(Pair.make_id("Say hi.", f"hi {i}", f"hello {i}", "m", "m"), "Say hi.", f"hi {i}", f"hello {i}",
+                  "m", "m", False) for i in range(20)]
+    served_app.ctx.store.add_pairs(pairs)
+    return pairs
+
+
 def label_rows(app) -> int:
     return app.ctx.store.connection().execute("SELECT COUNT(*) FROM labels").fetchone()[0]
 

@@ -94,9 +94,11 @@ def gaming_markdown(gaming: dict, top: int = 5) -> str:
     lines = [f"**Gaming indicators** · tuned replies failing the task term: **{fail['tuned']['share']:.0%}** "
              f"(base {fail['base']['share']:.0%}) · words {gaming['words']['base']:.1f} → "
              f"{gaming['words']['tuned']:.1f}",
-             "",
-             "| phrase | tuned replies | base replies |", "|---|---|---|"]
-    lines += [f"| {g['ngram']} | {g['tuned']} | {g['base']} |" for g in gaming["top_rising_ngrams"][:top]]
+             ""]
+    rising = gaming["top_rising_ngrams"][:top]
+    lines += (["| phrase | tuned replies | base replies |", "|---|---|---|"]
+              + [f"| {g['ngram']} | {g['tuned']} | {g['base']} |" for g in rising]) if rising else [
+        "No phrase is in more tuned replies than base replies."]
     wins = gaming.get("win_rate_gold_by_oracle", {})
     if wins:
         lines += ["", "Gold win rate by oracle: " + " · ".join(

@@ -7,8 +7,9 @@ all-MiniLM-L6-v2 was trained to produce) and n = the reply's token count:
     r(x, y)   = w . (phi - mu) / s + b                                      # mu, s: feature mean/std on training texts
 
 The product term lets the reply's meaning count differently per prompt; the two length terms let a linear head
-express "neither too short nor too long" (the embeddings themselves carry little length). The choice is measured in
-docs/reward_models.md. Fit (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1, plus a Gaussian prior on w):
+express "neither too short nor too long" (the embeddings themselves carry little length). Their value on real
+pairs is to be measured (docs/reward_models.md). Fit (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1, plus a
+Gaussian prior on w):
 
     loss(w) = -sum_i [ t_i log sigmoid(w . d_i) + (1 - t_i) log sigmoid(-w . d_i) ] + l2 / 2 * |w|^2
     d_i = phi(chosen_i) - phi(rejected_i),  t_i = 1 for a preference and 0.5 for a tie (half a win each side)
@@ -183,7 +184,7 @@ def fit_bradley_terry(diffs: torch.Tensor, targets: torch.Tensor, l2: float, max
 def block_scale(texts: torch.Tensor, hidden: int) -> torch.Tensor:
     """One scale per feature block (reply embedding, product, each length term): the block's RMS std over the
     training texts. Per-block, not per-feature: the prior then stays isotropic inside the embedding, favouring
-    its high-variance directions, where the meaning varies (measured in docs/reward_models.md)."""
+    its high-variance directions, where the meaning varies (synthetic check in docs/reward_models.md)."""
     std = texts.std(0) if len(texts) > 1 else torch.ones(texts.shape[1])
     blocks = [slice(0, hidden), slice(hidden, 2 * hidden)] + [slice(2 * hidden + i, 2 * hidden + i + 1)
                                                             for i in range(texts.shape[1] - 2 * hidden)]

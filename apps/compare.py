@@ -157,8 +157,9 @@ def score_markdown(name: str, proxy: float | None, gold: float) -> str:
 
 
 def evaluation_command(ctx: AppContext, n_prompts: int) -> list[str]:
-    """`workbench evaluate` on this run's tuned policy and reward model (best-of-n on a quarter of the prompts)."""
-    bon_max_n = 4 if n_prompts < EVAL_PROMPTS_DEFAULT else 8
+    """`workbench evaluate` on this run's tuned policy and reward model; the best-of-n baseline (up to n = 8) only
+    from 8 prompts on (fewer would say nothing)."""
+    bon_max_n = 0 if n_prompts < 8 else 4 if n_prompts < EVAL_PROMPTS_DEFAULT else 8
     return python_command("evaluate", "--base", ctx.policy.name, "--policy", str(ctx.tuned_dir), "--reward",
                           str(ctx.reward_dir), "--n-prompts", str(n_prompts), "--bon-max-n", str(bon_max_n),
                           "--out", str(ctx.root / "rl" / "eval.json"), "--json")

@@ -161,8 +161,11 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
 
     def on_top_up(oracle, noise, n, typed_name, request: gr.Request):
         name = _annotator(request, typed_name)
-        for line in persona.top_up(ctx, oracle, n, noise):
+        steps = persona.top_up(ctx, oracle, n, noise)
+        line = next(steps)
+        for following in steps:  # the last line (what was added) comes with the stats
             yield line, gr.skip(), gr.skip()
+            line = following
         yield line, persona.persona_markdown(persona.persona_stats(ctx)), rank_progress(name)
 
     def on_history(typed_name, request: gr.Request):
@@ -465,7 +468,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         history_go.click(_guarded(on_history), [annotator], [history], **private, **light)
         edit_go.click(_guarded(on_edit), [edit_pair, edit_choice, annotator], [edit_note, history, progress],
                       **private, **light)
-        labels_go.click(_guarded(lambda f: exports.labels_file(ctx, f)), [labels_format], [labels_file], **private,
+        labels_go.click(_guarded(lambda f: str(exports.labels_file(ctx, f))), [labels_format], [labels_file], **private,
                         **light)
 
         rm_train.click(_guarded(lambda e: training.start_reward_training(ctx, e)), [epochs], [rm_status], **private,
@@ -495,9 +498,9 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                       **light)
         eval_timer.tick(eval_poll, [eval_seen], [eval_status, *report_outputs, eval_seen], **private,
                         concurrency_id="poll", concurrency_limit=4, show_progress="hidden")
-        folder_go.click(_guarded(lambda w: exports.folder_zip(ctx, w)), [folder_what], [download_file], **private,
+        folder_go.click(_guarded(lambda w: str(exports.folder_zip(ctx, w))), [folder_what], [download_file], **private,
                         **light)
-        report_go.click(_guarded(lambda: exports.report_file(ctx)), None, [download_file], **private, **light)
+        report_go.click(_guarded(lambda: str(exports.report_file(ctx))), None, [download_file], **private, **light)
         blind_go.click(_guarded(on_blind), [blind_prompt],
                        [blind_state, blind_left, blind_right, blind_result, blind_shown_prompt, blind_rate],
                        **private, **model)

@@ -75,7 +75,7 @@ def journey(url: str, ctx, args, playwright) -> dict:
     mark = time.perf_counter()
     missing = max(guidance.enough_labels(ctx) - guidance.label_counts(ctx).usable, 0)
     if missing:
-        page.get_by_text("Top up with a simulated persona").click()
+        page.get_by_role("button", name="Top up with a simulated persona").click()
         page.locator("#persona-n input").fill(str(missing))
         page.locator("#persona-go").click()
         wait_for_text(page, "#persona-status", r"labelled \d+ new pairs")

@@ -1,5 +1,7 @@
 """One journey in a real browser (Debian's Chromium). Fails, never skips, when /usr/bin/chromium is missing."""
 
+from pathlib import Path
+
 from playwright.sync_api import sync_playwright
 
 from tests.app.browser import rank_and_visit_tabs
@@ -16,5 +18,61 @@ def test_rank_with_mouse_and_keyboard_then_visit_every_tab(tmp_path, tiny_policy
         assert [label.choice for label in app.ctx.store.current_labels()] == ["A", "B", "tie", "B"]
         for path in result["screenshots"].values():
             assert path.stat().st_size > 10_000
+    finally:
+        stop_app(app)
+
+
+def test_a_person_tops_up_with_a_persona_relabels_and_downloads_labels_in_the_page(tmp_path, tiny_policy):
+    """Issue 19 at smoke size: vote by click and key, a persona top-up, the history and a relabel, the labels
+    download; every number the page shows is the store's."""
+    import json
+    import re
+
+    from apps import guidance
+    from tests.app.browser import TIMEOUT_MS, launch_browser, wait_for_pair
+
+    app = start_app(tmp_path / "run", tiny_policy)
+    try:
+        with sync_playwright() as playwright:
+            browser = launch_browser(playwright)
+            page = browser.new_page(viewport={"width": 1366, "height": 768}, accept_downloads=True)
+            page.goto(app.url)
+            shown = wait_for_pair(page)
+            page.locator("#vote-A").click()
+            shown = wait_for_pair(page, shown)
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("3")  # tie
+            page.wait_for_function("() => /Your labels: 2\\b/.test(document.querySelector('#progress').innerText)",
+                                   timeout=TIMEOUT_MS)
+            assert "Last pair" in page.locator("#reveal").inner_text()
+            page.get_by_role("button", name="Top up with a simulated persona").click()
+            page.locator("#persona-n input").fill("3")
+            page.locator("#persona-go").click()
+            page.wait_for_function("() => /labelled 3 new pairs/.test(document.querySelector('#persona-status')"
+                                   "?.innerText || '')", timeout=TIMEOUT_MS)
+            stats = page.locator("#persona-stats").inner_text()
+            counts = guidance.label_counts(app.ctx)
+            assert (counts.human, counts.simulated) == (2, 5)  # the persona also labelled the person's 2 pairs
+            assert "2 by people" in stats and "5 simulated" in stats and "kappa" in stats
+            progress = page.locator("#progress").inner_text()
+            assert re.search(rf"{counts.usable} usable", progress) and f"of {counts.total} labels" in progress
+            page.get_by_role("button", name="Your labels: history, edit, download").click()
+            page.locator("#history-go").click()
+            first = next(l for l in app.ctx.store.current_labels("annotator") if l.choice == "tie")  # -> "A"
+            page.wait_for_function("(id) => document.body.innerText.includes(id)", arg=first.pair_id,
+                                   timeout=TIMEOUT_MS)
+            page.locator("#edit-pair input, #edit-pair textarea").first.fill(first.pair_id)
+            page.locator("#edit-go").click()
+            page.wait_for_function("() => document.body.innerText.includes('(revision 2)')", timeout=TIMEOUT_MS)
+            page.locator("#labels-download").click()
+            link = page.locator("#labels-file a").first
+            link.wait_for(timeout=TIMEOUT_MS)
+            with page.expect_download() as download:
+                link.click()
+            rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+            assert len(rows) == app.ctx.store.count_labels() == 7
+            browser.close()
+        assert [label.revision for label in app.ctx.store.history(first.pair_id) if label.annotator == "annotator"] \
+            == [1, 2]
     finally:
         stop_app(app)

@@ -119,8 +119,8 @@ VERDICT_TEXT = {"agrees": "The reward model **agrees** with you.",
 
 def rank_guidance(counts: LabelCounts, needed: int, has_reward_model: bool) -> str:
     if counts.usable < needed:
-        step = (f"Pick the reply you prefer; {needed - counts.usable} more usable labels before the reward model "
-                "learns your taste.")
+        step = ("Pick the reply you prefer (keys 1-5). Every A/B vote or tie teaches the reward model your taste; "
+                "when the warning above is gone, train it in the *Reward model* tab.")
     elif not has_reward_model:
         step = "Enough labels: train the reward model in the *Reward model* tab."
     else:

@@ -222,9 +222,10 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         report = compare.evaluation_report(ctx)
         guide = guidance.compare_guidance(ctx.has_tuned_policy(), report is not None)
         if report is None:
-            return guide + "\n\nNo evaluation yet: press **Evaluate** above.", None, None, None, ""
-        return (f"{guide}\n\n{report['summary']}", report["table"], report["overoptimisation"], report["win_rates"],
-                report["gaming"])
+            hidden = gr.update(value=None, visible=False)  # no empty plot boxes before there is a report
+            return guide + "\n\nNo evaluation yet: press **Evaluate** above.", hidden, hidden, hidden, ""
+        shown = [gr.update(value=report[key], visible=True) for key in ("table", "overoptimisation", "win_rates")]
+        return (f"{guide}\n\n{report['summary']}", *shown, report["gaming"])
 
     def eval_poll(seen):
         status = ctx.jobs.status("evaluate")

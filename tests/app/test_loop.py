@@ -39,7 +39,8 @@ def test_usable_labels_are_counted_apart_from_ties_both_bad_skips_and_identical_
     text = guidance.labels_markdown(counts, needed)
     assert "**3 usable**" in text and "1 both bad, 1 skipped, 1 on identical replies" in text
     assert f"below ~{needed} usable labels the reward model is near chance" in text
-    assert "47 more" in guidance.rank_guidance(counts, needed, False)
+    assert "47 more to go" in text and "Pick the reply" in guidance.rank_guidance(counts, needed, False)
+    assert "train the reward model" in guidance.rank_guidance(guidance.LabelCounts(preferences=needed), needed, False)
 
 
 def test_intervals_carry_their_n_and_say_when_there_are_too_few():

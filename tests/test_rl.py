@@ -189,7 +189,7 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="reward model"):
         RLConfig(algo="rloo", reward=None)
     with pytest.raises(ValueError, match="algo"):
-        RLConfig(algo="ppo", reward="x")
+        RLConfig(algo="ppo2", reward="x")
     with pytest.raises(ValueError, match="num_generations"):
         RLConfig(reward="x", num_generations=1)
     RLConfig(algo="dpo")  # DPO needs no reward model

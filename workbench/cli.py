@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train_rm)
 
-    p = sub.add_parser("train-rl", help="RL fine-tuning against a reward model (rloo, grpo, ppo) or DPO from preferences")
+    p = sub.add_parser("train-rl", help="RL against a reward model (rloo, grpo, ppo) or DPO from preferences")
     p.add_argument("--policy", help="policy to tune (default smollm2-135m-instruct); also the frozen reference")
     p.add_argument("--reward", help="trained reward model folder, e.g. runs/NAME/reward/model (rloo, grpo, ppo)")
     p.add_argument("--out", required=True, help="run directory (writes <out>/rl/)")

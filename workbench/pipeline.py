@@ -35,6 +35,9 @@ class PipelinePreset:
     num_generations: int = 4
     max_new_tokens: int = 48  # RL and evaluation budget; shaped replies mostly end before it
     lora: bool = False
+    # ppo (--algo ppo): a value head on the policy and 2 epochs keep its step near RLOO's (docs/design.md, "PPO")
+    value_init: str = "policy"
+    ppo_epochs: int = 2
     save_steps: int = 14  # the step-14 checkpoint becomes a point on the over-optimisation plot
     # weights after step 2: an RL point inside best-of-8's KL range, so both are compared at a KL both measured
     snapshot_steps: tuple[int, ...] = (2,)
@@ -138,6 +141,7 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
         print(f"[workbench] {trust['why']} RL runs at {preset.weak_rm_lr_scale:g}x its learning rate.", file=sys.stderr)
     rl = train_policy(RLConfig(policy=preset.policy, reward=str(rm.model_dir), algo=preset.algo, steps=preset.rl_steps,
                                beta=preset.beta, learning_rate=learning_rate, lora=preset.lora,
+                               value_init=preset.value_init, ppo_epochs=preset.ppo_epochs,
                                prompts_per_step=preset.prompts_per_step, num_generations=preset.num_generations,
                                max_new_tokens=preset.max_new_tokens, oracle=preset.oracle, seed=preset.seed,
                                save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps, bf16=preset.bf16,

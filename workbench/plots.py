@@ -124,13 +124,18 @@ def reward_learning_curves(summary: list[dict], title: str = "") -> go.Figure:
 RL_PANELS = (("reward", "proxy reward (RM, normalised) incl. EOS penalty"), ("rewards/gold/mean", "gold reward"),
              ("kl", "KL(pi || pi_ref) per token"), ("entropy", "entropy per token"),
              ("completions/mean_length", "completion length (tokens)"))
+# PPO's own health: is the value model learning, and how far does each update move the policy?
+PPO_PANELS = (("value_loss", "value loss"), ("explained_variance", "explained variance of the returns"),
+              ("clipfrac", "share of tokens clipped"), ("approx_kl", "approx. KL(old || new) per update"),
+              ("kl_coef", "KL coefficient beta"))
 
 
-def rl_curves(rows: list[dict], algo: str = "rloo", title: str = "") -> go.Figure:
-    """The live RL dashboard: one panel per metric against the optimiser step (rows from RunDir.read_metrics)."""
+def rl_curves(rows: list[dict], algo: str = "rloo", title: str = "", panels=RL_PANELS) -> go.Figure:
+    """The live RL dashboard: one panel per metric against the optimiser step (rows from RunDir.read_metrics);
+    `panels=PPO_PANELS` for PPO's value-model and update curves."""
     from plotly.subplots import make_subplots
 
-    panels = [(key, label) for key, label in RL_PANELS if any(f"{algo}/{key}" in r for r in rows)]
+    panels = [(key, label) for key, label in panels if any(f"{algo}/{key}" in r for r in rows)]
     figure = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[label for _, label in panels])
     for col, (key, label) in enumerate(panels, start=1):
         points = [(r["step"], r[f"{algo}/{key}"]) for r in rows if r.get(f"{algo}/{key}") is not None]
@@ -139,6 +144,21 @@ def rl_curves(rows: list[dict], algo: str = "rloo", title: str = "") -> go.Figur
         figure.update_xaxes(title_text="step", row=1, col=col)
     figure.update_layout(template=TEMPLATE, title=title or f"{algo.upper()} training", height=330,
                          width=max(320 * len(panels), 640))
+    return figure
+
+
+def rl_comparison(runs: dict[str, list[dict]], key: str = "rewards/gold/mean", samples_per_step: int = 1,
+                  title: str = "") -> go.Figure:
+    """One line per algorithm ({algo: its rows from RunDir.read_metrics}) of `<algo>/<key>` against the number of
+    completions sampled so far: the fair x axis when the algorithms' steps cost different numbers of updates."""
+    figure = go.Figure()
+    for algo, rows in runs.items():
+        points = [(r["step"] * samples_per_step, r[f"{algo}/{key}"]) for r in rows if f"{algo}/{key}" in r]
+        if points:
+            xs, ys = zip(*points)
+            figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=algo))
+    figure.update_layout(template=TEMPLATE, title=title or f"{key} by sampled completions", height=360,
+                         xaxis_title="completions sampled", yaxis_title=key)
     return figure
 
 

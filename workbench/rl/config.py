@@ -42,7 +42,7 @@ class RLConfig:
     max_prompt_length: int = 256  # dpo: prompt tokens kept
     max_length: int = 512  # dpo: prompt + completion tokens kept
     # ppo (`workbench.rl.ppo`): each step samples prompts_per_step x num_generations completions, as rloo/grpo do
-    ppo_epochs: int = 4  # passes over each rollout batch
+    ppo_epochs: int = 4  # passes over each rollout batch (TRL's default); each costs a policy forward + backward
     num_minibatches: int = 1  # shuffled minibatches per pass, one optimiser step each
     cliprange: float = 0.2  # epsilon of the clipped surrogate objective
     cliprange_value: float = 0.2  # how far a value prediction may move from the rollout's before its loss is clipped

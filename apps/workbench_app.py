@@ -394,7 +394,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                 rl_note = gr.Markdown(elem_id="rl-note")
                 rl_samples = gr.Dataframe(headers=["step", "prompt", "completion", "gold"], wrap=True,
                                           interactive=False, label="Latest samples", elem_classes="wrap-table",
-                                          column_widths=["4.5rem", "35%", "50%", "5rem"])
+                                          column_widths=["8%", "32%", "50%", "10%"])
                 rl_timer = gr.Timer(JOB_POLL_S)
 
             with gr.Tab("Compare", id="compare"):

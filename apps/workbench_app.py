@@ -378,7 +378,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
             with gr.Tab("RL fine-tuning", id="rl"):
                 rl_seen = gr.State(None)
                 with gr.Row():
-                    algo = gr.Dropdown(["rloo", "grpo", "dpo"], value="rloo", label="Algorithm")
+                    algo = gr.Dropdown(list(training.ALGORITHMS), value="rloo", label="Algorithm")
                     steps = gr.Number(value=training.QUICK_RL_STEPS, precision=0, minimum=1, maximum=training.MAX_RL_STEPS,
                                       label="Steps", elem_id="rl-steps")
                     beta = gr.Number(value=0.05, minimum=0, maximum=1, label="β (KL coefficient)")

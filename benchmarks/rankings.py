@@ -49,13 +49,13 @@ def cached_sets(path: Path, n: int, split: str, policy_name: str, seed: int) -> 
             return cached["sets"][:n]
     from workbench.models import load_policy
 
-    policy = load_policy(policy_name)
+    policy, began = load_policy(policy_name), time.perf_counter()
     records, per_round, sets = prompts_for(int(n * 1.1) + 2, split), len(builtin_prompts(split)), []
-    for start in range(0, len(records), per_round):
-        round_config = PairConfig(batch_size=32, seed=seed + 1000 * (start // per_round))
+    for start in range(0, len(records), 16):  # 16 prompts (64 answers) per call, so progress shows
+        round_config = PairConfig(batch_size=32, seed=seed + 1000 * (start // per_round) + start)
         sets += [{"prompt": s.prompt, "completions": list(s.completions)}
-                 for s in make_ranking_sets(records[start : start + per_round], policy, K, round_config)]
-        print(f"{split}: {len(sets)} sets", flush=True)
+                 for s in make_ranking_sets(records[start : start + 16], policy, K, round_config)]
+        print(f"{split}: {len(sets)} sets after {start + 16} prompts, {time.perf_counter() - began:.0f} s", flush=True)
     if len(sets) < n:
         raise RuntimeError(f"only {len(sets)} sets of {K} distinct answers from {len(records)} prompts; raise n.")
     path.parent.mkdir(parents=True, exist_ok=True)

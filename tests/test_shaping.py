@@ -172,3 +172,29 @@ def test_rl_samples_with_the_same_shaping_and_still_trains(algo, tiny_rm, tmp_pa
     assert samples and all(s["finished"] for s in samples)
     assert all(len(s["completion"].split()) <= 3 for s in samples)
     assert trainer.state.log_history[0]["completions/max_length"] < 12  # rows stopped before the budget
+
+
+def test_rl_sentence_stopping_patch_restores_what_was_there(tiny_policy):
+    """The RL trainers' stop is an instance attribute on the model for one call: a generate someone else set (e.g. a
+    recording wrapper) is kept afterwards, and none is left behind otherwise."""
+    from workbench.rl.train import _sentence_stopping
+
+    model, tokenizer = tiny_policy
+    stop = SentenceStop(tokenizer, [tokenizer.eos_token_id], AnswerShaping())
+    calls, original = [], model.generate
+    inputs = tokenizer(["hi"], return_tensors="pt")
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("stopping_criteria"))
+        return original(*args, **kwargs)
+
+    model.generate = recording
+    try:
+        with _sentence_stopping(model, stop):
+            model.generate(**inputs, max_new_tokens=2)
+        assert model.generate is recording and calls[0] is not None  # the stop reached generate
+    finally:
+        del model.generate
+    with _sentence_stopping(model, stop):
+        model.generate(**inputs, max_new_tokens=2)
+    assert "generate" not in vars(model)

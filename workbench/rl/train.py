@@ -174,11 +174,15 @@ def _sentence_stopping(model, stop: SentenceStop | None):
         criteria.append(sentence_stopping_criterion(stop, width))
         return original(*args, stopping_criteria=criteria, **kwargs)
 
+    own = vars(model).get("generate")  # an instance attribute already shadowing the method (kept afterwards)
     model.generate = generate  # an instance attribute shadows the method for this call only
     try:
         yield
     finally:
-        del model.generate
+        if own is not None:
+            model.generate = own
+        else:
+            del model.generate
 
 
 def with_shaped_generation(trainer_cls: type) -> type:

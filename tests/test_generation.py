@@ -43,8 +43,10 @@ def test_greedy_batched_equals_unbatched_on_real_model(smollm2):
 
 def test_logprobs_match_a_forward_pass(smollm2):
     model, tokenizer = smollm2
-    completions = generate(model, tokenizer, PROMPTS, SamplingConfig(max_new_tokens=20, temperature=1.0, seed=3))
-    forward = completion_logprobs(model, tokenizer, PROMPTS, [c.token_ids for c in completions])
+    config = SamplingConfig(max_new_tokens=20, temperature=1.0, seed=3)
+    completions = generate(model, tokenizer, PROMPTS, config)
+    forward = completion_logprobs(model, tokenizer, PROMPTS, [c.token_ids for c in completions],
+                                  system_prompt=config.shaping.active_system_prompt)  # the prompt they were sampled with
     for completion, reference in zip(completions, forward):
         assert len(completion.logprobs) == len(completion.token_ids) == len(reference)
         assert torch.allclose(torch.tensor(completion.logprobs), torch.tensor(reference), atol=1e-3)

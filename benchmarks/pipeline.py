@@ -1,8 +1,11 @@
 """Claim: `workbench pipeline --preset quick` (smollm2-135m-instruct, minilm-l6, the default gold labeler) runs
 every stage in <= 15 min on 2 CPU cores; the tuned policy beats the base by GOLD (win rate >= 0.70, lower CI bound
-> 0.5); RL is at least as good as best-of-n at the same KL; and the workbench's RL step is no slower than a plain
-TRL RLOOTrainer script with identical settings (ratio <= 1.0, measured in the same run). With `--algo ppo` the same
-plain RLOOTrainer is the reference for PPO's step (goal: <= 1.5x, the price of the value model and the epochs).
+> 0.5) on every seed given (`--seeds 0 1 2`); and the workbench's RL step is no slower than a plain TRL RLOOTrainer
+script with identical settings (ratio <= 1.0, measured in the same run, on the first seed). RL is reported next to
+best-of-n at equal sampling compute and next to the best best-of-n measured (Gao et al. 2022 find RL the less
+KL-efficient of the two, so beating best-of-n at the same KL is not a goal). With `--algo ppo` the same plain
+RLOOTrainer is the reference for PPO's step (goal: <= 1.5x, the price of the value model and the epochs), and
+`--compare-with` an RLOO run's JSON line checks PPO's gold win rate against RLOO's CI.
 
 Prints one JSON line.
 """
@@ -81,11 +84,38 @@ def step_comparison(workbench_rows: list[dict], plain_rows: list[dict]) -> dict:
             "plain_trl_mean_lengths": [round(r["mean_length"], 1) for r in plain_rows]}
 
 
+def seed_result(seed: int, headline: dict) -> dict:
+    """One pipeline run's numbers: gold and proxy wins, RL next to best-of-n, and the gaming indicators."""
+    report = json.loads(Path(headline["eval_path"]).read_text())
+    gaming = report.get("gaming", {})
+    return {
+        "seed": seed,
+        "seconds": headline["seconds"],
+        "rm_gold_accuracy": headline["rm_gold_accuracy"],
+        "rm_trust": headline.get("rm_trust"),
+        "gold_win_rate": headline["gold_win_rate"],
+        "proxy_win_rate": headline["proxy_win_rate"],
+        "gold_mean": {k: round(v["value"], 3) for k, v in headline["gold"].items()},
+        "words_mean": headline["words"],
+        "kl": headline["kl"],
+        "rl_vs_bon": headline["rl_vs_bon"] or {},
+        "best_of_n": report.get("best_of_n"),
+        # gaming indicators (workbench.evaluation.gaming): a gold win read against stock phrases and task failures
+        "gold_win_rate_by_oracle": gaming.get("win_rate_gold_by_oracle"),
+        "task_fail_share": {k: v["share"] for k, v in gaming.get("task_fail", {}).items()},
+        "top_stock_phrase": (gaming.get("top_rising_ngrams") or [None])[0],
+        "top_phrase_share": gaming.get("top_phrase_share", 1.0),
+        "words_change": gaming.get("words", {}).get("change"),
+    }
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/bench_pipeline")
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--algo", help="the RL algorithm (default: the preset's, rloo); ppo is compared with RLOO")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pipeline seeds (labels, RM, RL)")
+    parser.add_argument("--compare-with", help="a JSON line printed by an RLOO run of this benchmark (for --algo ppo)")
     parser.add_argument("--compare-steps", type=int, default=6,
                         help="first steps compared (workbench vs plain TRL), step 1 excluded as warm-up")
     args = parser.parse_args()
@@ -96,56 +126,45 @@ def main() -> dict:
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    preset = get_preset(args.preset, algo=args.algo)
-    with contextlib.redirect_stdout(sys.stderr):  # trainer chatter off stdout: stdout carries one JSON line
-        headline = run_pipeline(preset, out)
-        # the same phase of training on both sides: the first k steps (later steps' completion lengths drift as
-        # the policy learns, so a median over all steps would compare different workloads)
-        workbench_rows = [{"step_time": r[f"{preset.algo}/step_time"],
-                           "mean_length": r[f"{preset.algo}/completions/mean_length"]}
-                          for r in RunDir(out).read_metrics("rl") if f"{preset.algo}/step_time" in r][:args.compare_steps]
-        plain_rows = plain_trl_steps(preset.policy, str(out / "reward" / "model"), preset, out / "plain_trl",
-                                     args.compare_steps)
-        steps = step_comparison(workbench_rows, plain_rows)
-    report = json.loads(Path(headline["eval_path"]).read_text())
-    win = headline["gold_win_rate"]
-    gaming = report.get("gaming", {})
-    rl_vs_bon = headline["rl_vs_bon"] or {}
-    matched = rl_vs_bon.get("matched")
+    per_seed, steps = [], None
+    for seed in args.seeds:
+        preset = get_preset(args.preset, algo=args.algo, seed=seed)
+        seed_out = out / f"seed{seed}" if len(args.seeds) > 1 else out
+        with contextlib.redirect_stdout(sys.stderr):  # trainer chatter off stdout: stdout carries one JSON line
+            headline = run_pipeline(preset, seed_out)
+            if steps is None:
+                # the same phase of training on both sides: the first k steps (later steps' completion lengths
+                # drift as the policy learns, so a median over all steps would compare different workloads)
+                workbench_rows = [{"step_time": r[f"{preset.algo}/step_time"],
+                                   "mean_length": r[f"{preset.algo}/completions/mean_length"]}
+                                  for r in RunDir(seed_out).read_metrics("rl")
+                                  if f"{preset.algo}/step_time" in r][:args.compare_steps]
+                plain_rows = plain_trl_steps(preset.policy, str(seed_out / "reward" / "model"), preset,
+                                             seed_out / "plain_trl", args.compare_steps)
+                steps = step_comparison(workbench_rows, plain_rows)
+        per_seed.append(seed_result(seed, headline))
+    first = per_seed[0]
+    wins = [row["gold_win_rate"] for row in per_seed]
     result = {
         "benchmark": "pipeline",
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "cores": os.cpu_count()},
+                    "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text(),
+                    "load_avg_at_end": round(os.getloadavg()[0], 2)},
         "preset": args.preset,
         "algo": preset.algo,
-        "seconds": headline["seconds"],
-        "rm_gold_accuracy": headline["rm_gold_accuracy"],
-        "gold_win_rate": win,
-        "proxy_win_rate": headline["proxy_win_rate"],
-        "gold_mean": {k: round(v["value"], 3) for k, v in headline["gold"].items()},
-        "words_mean": headline["words"],
-        "kl": headline["kl"],
-        "rl_vs_bon": rl_vs_bon,
-        "best_of_n": report.get("best_of_n"),
-        # gaming indicators (workbench.evaluation.gaming): a gold win read against stock phrases and task failures
-        "gold_win_rate_by_oracle": gaming.get("win_rate_gold_by_oracle"),
-        "task_fail_share": {k: v["share"] for k, v in gaming.get("task_fail", {}).items()},
-        "top_stock_phrase": (gaming.get("top_rising_ngrams") or [None])[0],
-        "words_change": gaming.get("words", {}).get("change"),
+        "seeds": args.seeds,
+        **{k: v for k, v in first.items() if k != "seed"},
+        "per_seed": per_seed if len(per_seed) > 1 else None,
         "bf16": resolve_bf16(preset.bf16),
         "rl_step_seconds": steps,
         "goals": {
-            "total_le_15_min": headline["seconds"]["total"] <= 900,
-            "gold_win_rate_ge_0.70_and_ci_above_0.5": win["value"] >= 0.70 and win["low"] > 0.5,
-            # measured on both sides: an RL checkpoint or snapshot inside best-of-n's KL range (False without one)
-            "rl_ge_bon_at_same_kl": bool(matched) and matched["rl_gold_gain"] >= matched["bon_gold_gain"],
-            # the final policy against best-of-n at its KL, clamped at the largest n when the KL lies beyond it
-            "final_rl_ge_bon_clamped": (rl_vs_bon.get("rl_gold_gain", float("-inf"))
-                                        >= rl_vs_bon.get("bon_gold_gain_at_same_kl", float("inf"))),
+            "total_le_15_min": all(row["seconds"]["total"] <= 900 for row in per_seed),
+            "gold_win_rate_ge_0.70_and_ci_above_0.5": all(w["value"] >= 0.70 and w["low"] > 0.5 for w in wins),
+            "every_seed_gold_win_ci_above_0.5": all(w["low"] > 0.5 for w in wins),
             "step_time_ratio_le_1": steps["ratio"] <= 1.0,
             "step_time_per_length_token_ratio_le_1": steps["ratio_per_length_token"] <= 1.0,
-            "tuned_task_fail_lt_0.10": gaming.get("task_fail", {}).get("tuned", {}).get("share", 1.0) < 0.10,
-            "top_stock_phrase_in_lt_0.10_of_tuned": gaming.get("top_phrase_share", 1.0) < 0.10,
+            "tuned_task_fail_lt_0.10": all((row["task_fail_share"].get("tuned") or 1.0) < 0.10 for row in per_seed),
+            "top_stock_phrase_in_lt_0.10_of_tuned": all(row["top_phrase_share"] < 0.10 for row in per_seed),
         },
     }
     if preset.algo == "ppo":  # PPO's step against the plain RLOOTrainer's: same samples, plus a value model and epochs
@@ -153,6 +172,15 @@ def main() -> dict:
             del result["goals"][key]
         result["goals"]["ppo_step_time_le_1.5x_rloo"] = steps["ratio"] <= 1.5
         result["goals"]["ppo_step_time_per_length_token_le_1.5x_rloo"] = steps["ratio_per_length_token"] <= 1.5
+        if args.compare_with:
+            rloo = json.loads(Path(args.compare_with).read_text().strip().splitlines()[-1])
+            result["rloo"] = {"gold_win_rate": rloo["gold_win_rate"], "kl": rloo["kl"],
+                              "rl_step_seconds": rloo["rl_step_seconds"]["workbench"]}
+            result["ppo_step_over_workbench_rloo_step"] = round(
+                steps["workbench"] / rloo["rl_step_seconds"]["workbench"], 3)
+            # "at least RLOO's, within its CI": PPO's estimate is not below the lower end of RLOO's interval
+            result["goals"]["ppo_gold_win_ge_rloo_within_ci"] = (first["gold_win_rate"]["value"]
+                                                                 >= rloo["gold_win_rate"]["low"])
     print(json.dumps(result))
     return result
 

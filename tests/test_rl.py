@@ -141,6 +141,19 @@ def test_trl_reward_path_sees_the_same_tokens_as_scoring(backbone, text_format):
     via_trl = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     via_scoring = tokenizer(reward_text(tokenizer, prompt, completion, text_format))["input_ids"]
     assert via_trl == via_scoring
+    # a multi-turn history with the shaping's system turn: the RM sees every user/assistant turn, not the system one
+    history = [{"role": "system", "content": "Reply in one or two short sentences."},
+               {"role": "user", "content": "Name a beach town."}, {"role": "assistant", "content": "Brighton."},
+               {"role": "user", "content": prompt}]
+    rendered = apply_chat_template({"messages": [*history, {"role": "assistant", "content": completion}]},
+                                   tokenizer)["text"]
+    expected = reward_text(tokenizer, history, completion, text_format)
+    assert "User: Name a beach town.\n\nAssistant: Brighton.\n\nUser: " + prompt in expected
+    assert "Reply in one" not in expected
+    assert tokenizer(rendered, add_special_tokens=False)["input_ids"] == tokenizer(expected)["input_ids"]
+    shaped = apply_chat_template({"messages": [history[0], history[-1], {"role": "assistant", "content": completion}]},
+                                 tokenizer)["text"]  # one user turn behind the system one: as a plain prompt
+    assert tokenizer(shaped, add_special_tokens=False)["input_ids"] == via_scoring
 
 
 def test_normalised_classifier_scores_are_standardised(tiny_rm):

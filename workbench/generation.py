@@ -30,6 +30,18 @@ def prompt_text(prompt: Prompt) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), prompt[-1]["content"])
 
 
+def conversation_text(prompt: Prompt) -> str:
+    """The whole prompt as a person reads it and the reward model scores it: text as is, one user turn as its text,
+    a longer conversation turn by turn ("User: ...\n\nAssistant: ..."). System turns are left out: they steer the
+    policy (answer shaping) and are not part of what the reply answers."""
+    if isinstance(prompt, str):
+        return prompt
+    turns = [m for m in prompt if m["role"] != "system"] or prompt
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
+
+
 def completion_text(value: str | list[dict]) -> str:
     """A completion as text: conversational preference rows hold [{"role": "assistant", "content": ...}]."""
     return value if isinstance(value, str) else value[-1]["content"]

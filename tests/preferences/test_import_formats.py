@@ -141,6 +141,10 @@ def test_load_dataset_folders_split_and_limit(tmp_path):
     with pytest.raises(ValueError, match="has no split 'dev'"):
         import_preferences(saved, split="dev")
     assert import_preferences(write_jsonl(tmp_path / "x.jsonl", rows * 3), limit=4).n_rows == 4
+    single = write_jsonl(tmp_path / "single.jsonl", rows)
+    assert import_preferences(single, split="train").n_valid == 2  # a lone file is load_dataset's "train" split
+    with pytest.raises(ValueError, match="single.jsonl: a single file holds one split, 'train', so split='test'"):
+        import_preferences(single, split="test")
     with pytest.raises(FileNotFoundError, match="loading it as a Hub dataset failed"):
         import_preferences("no-such-owner/no-such-preference-set")  # offline: a name, not a path
 
@@ -264,3 +268,15 @@ def test_each_forms_export_trains_trl_reward_and_dpo_unchanged(tmp_path, form, t
     dpo = DPOTrainer(model=model, ref_model=None, args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
                      train_dataset=dataset, processing_class=tokenizer)
     assert changed(model, dpo.train)
+
+
+def test_the_reward_model_reads_the_whole_history_and_the_gold_the_last_turn(tmp_path, tiny_reward_backbone):
+    from workbench.generation import prompt_text
+    from workbench.reward.score import reward_text
+
+    store = imported(tmp_path, FORMS["implicit chat"][0])
+    pair = next(p for p in store.pairs() if isinstance(p.prompt, list) and len(p.prompt) == 3)
+    _, tokenizer = tiny_reward_backbone
+    text = reward_text(tokenizer, pair.prompt, "Blue.", "prompt <sep> completion")
+    assert text.startswith("User: Hi there.\n\nAssistant: Hello! How can I help?\n\nUser: Name a colour.")
+    assert prompt_text(pair.prompt) == "Name a colour."  # what the simulated labelers judge the reply against

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from workbench.generation import conversation_text  # noqa: F401  (re-exported)
 from workbench.preferences.sources import RowError
 
 EXPLICIT_TEXT, EXPLICIT_CHAT = "explicit text", "explicit chat"
@@ -164,12 +165,3 @@ def implicit_sides(prompt: str | list[dict], chosen: str, rejected: str, hh: boo
         return ([*messages, {"role": "assistant", "content": chosen}],
                 [*messages, {"role": "assistant", "content": rejected}])
     return prompt + chosen, prompt + rejected
-
-
-def conversation_text(prompt: str | list[dict]) -> str:
-    """The whole prompt as a person reads it: text as is, one message as its content, a conversation turn by turn."""
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1:
-        return prompt[0]["content"]
-    return "\n\n".join(f"{message['role'].capitalize()}: {message['content']}" for message in prompt)

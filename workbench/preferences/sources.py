@@ -45,6 +45,9 @@ def read_rows(source, split: str | None = None,
         return str(source), _numbered(_one_split(_load_hub(str(source), split), str(source), split), limit), []
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder; give a .jsonl, .parquet or save_to_disk folder.")
+    if split not in (None, "train"):  # load_dataset names a lone file's rows "train"; no other split exists
+        raise ValueError(f"{path}: a single file holds one split, 'train', so split={split!r} (--split) cannot be "
+                         "read from it; give the folder that holds the split's file, or leave --split out.")
     if path.suffix == ".parquet":
         import pyarrow.parquet
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.generation import Prompt, prompt_text
+from workbench.generation import Prompt, conversation_text
 from workbench.models import cpu_has_native_bf16
 
 MANIFEST = "workbench_reward.json"
@@ -23,14 +23,15 @@ def default_text_format(tokenizer) -> str:
 
 
 def reward_text(tokenizer, prompt: Prompt, completion: str, text_format: str | None = None) -> str:
-    """One canonical input for training and scoring: prompt and completion joined by a separator, in the order of
-    `text_format` (default: `default_text_format`). BERT-style tokenizers get their [SEP] token between the two;
+    """One canonical input for training and scoring: prompt (the whole conversation, `conversation_text`) and
+    completion joined by a separator, in the order of `text_format` (default: `default_text_format`). BERT-style tokenizers get their [SEP] token between the two;
     others a newline."""
     text_format = text_format or default_text_format(tokenizer)
     if text_format not in (PROMPT_FIRST, COMPLETION_FIRST):
         raise ValueError(f"Unknown reward text_format {text_format!r}; expected {PROMPT_FIRST!r} or {COMPLETION_FIRST!r}")
     separator = f" {tokenizer.sep_token} " if tokenizer.sep_token else "\n"
-    first, second = (prompt_text(prompt), completion) if text_format == PROMPT_FIRST else (completion, prompt_text(prompt))
+    first, second = (conversation_text(prompt), completion) if text_format == PROMPT_FIRST else \
+        (completion, conversation_text(prompt))
     return f"{first}{separator}{second}"
 
 

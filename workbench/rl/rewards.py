@@ -25,7 +25,8 @@ from workbench.reward.score import reward_text
 
 
 def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
-    """A Jinja chat template that renders [user, assistant] messages exactly as `reward_text` + special tokens.
+    """A Jinja chat template that renders a conversation and its reply exactly as `reward_text` + special tokens
+    (the turns before the final assistant reply as `conversation_text` renders them: system turns left out).
 
     TRL applies the reward tokenizer's chat template to conversational samples and then tokenizes with
     add_special_tokens=False, so the template itself must carry [CLS]/[SEP] (or whatever the tokenizer adds)."""
@@ -36,11 +37,14 @@ def reward_chat_template(tokenizer, text_format: str | None = None) -> str:
     suffix = tokenizer.decode(probe[start + len(bare):]) if start + len(bare) < len(probe) else ""
     body = reward_text(tokenizer, "{{ ns.prompt }}", "{{ ns.reply }}", text_format)  # the order and separator
     return (
-        "{%- set ns = namespace(prompt='', reply='') -%}"
+        "{%- set ns = namespace(prompt='', reply='', turns=0, only='') -%}"
         "{%- for m in messages -%}"
-        "{%- if m['role'] == 'user' -%}{%- set ns.prompt = m['content'] -%}"
-        "{%- elif m['role'] == 'assistant' -%}{%- set ns.reply = m['content'] -%}{%- endif -%}"
+        "{%- if loop.last and m['role'] == 'assistant' -%}{%- set ns.reply = m['content'] -%}"
+        "{%- elif m['role'] != 'system' -%}"
+        "{%- set ns.prompt = ns.prompt ~ ('\n\n' if ns.turns else '') ~ (m['role'] | capitalize) ~ ': ' ~ m['content'] -%}"
+        "{%- set ns.only = m['content'] -%}{%- set ns.turns = ns.turns + 1 -%}{%- endif -%}"
         "{%- endfor -%}"
+        "{%- if ns.turns == 1 -%}{%- set ns.prompt = ns.only -%}{%- endif -%}"
         f"{prefix}{body}{suffix}"
     )
 

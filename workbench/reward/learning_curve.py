@@ -4,7 +4,7 @@
 labelled set from `active_start` random labels by the pairs the model is least sure about: uncertainty.py) and
 scores one fixed set of held-out pairs against the labeler's GOLD reward (ties in gold or model count 0.5).
 Next to it, at the same label counts: the ceiling, a linear Bradley-Terry model on the gold's own raw features
-(word count, VADER compound), i.e. what a reward model that saw exactly those could reach from the same labels.
+(word count, VADER compound, the task term and its gate), i.e. what a reward model that saw exactly those could reach from the same labels.
 
 Embedding-head kinds embed every text once and refit only the head per point (seconds); fine-tuned kinds train a
 model per point through `train_reward_model`. `summarise_curves` averages the seeds (mean, t-interval).
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from workbench.generation import prompt_text
-from workbench.oracles import gold_scores, positive
+from workbench.oracles import ON_TASK, gold_scores, positive, task_following
 from workbench.reward.kinds import FINE_TUNED
 from workbench.reward.pair_cache import label_pairs
 from workbench.reward.score import RewardModel
@@ -34,7 +34,7 @@ HEAD_KINDS = ("embedding-head", "ensemble")
 
 @dataclass
 class CurveConfig:
-    labelers: tuple[str, ...] = ("positive", "concise", "upbeat-concise")  # any of oracles.ORACLES
+    labelers: tuple[str, ...] = ("positive", "concise", "upbeat-concise", "helpful-upbeat-concise")  # oracles.ORACLES
     kinds: tuple[str, ...] = ("embedding-head", "ensemble", "minilm-l6")  # + CEILING is always added
     sizes: tuple[int, ...] = (25, 50, 100, 200, 400, 800)
     seeds: tuple[int, ...] = (0, 1, 2)  # label seeds: the annotator's draws and the random order of pairs
@@ -53,8 +53,11 @@ def gold_agreement(scores_a: torch.Tensor, scores_b: torch.Tensor, gold_a: torch
 
 
 def gold_features(prompt, completion: str) -> list[float]:
-    """The raw quantities the built-in golds are made of: word count and VADER compound sentiment."""
-    return [float(len(completion.split())), positive(prompt_text(prompt), completion)]
+    """The raw quantities the built-in golds are made of: word count, VADER compound sentiment, and the default
+    gold's task term (relevance in [0, 1] and whether it passes the on-task gate)."""
+    text = prompt_text(prompt)
+    task = task_following(text, completion)
+    return [float(len(completion.split())), positive(text, completion), task, float(task >= ON_TASK)]
 
 
 def learning_curves(train_pairs: list[dict], eval_pairs: list[dict], config: CurveConfig,
@@ -160,6 +163,7 @@ class _CeilingFeatures:
 
     def __init__(self, train_pairs: list[dict], eval_pairs: list[dict]):
         def sides(pairs, side):
+            gold_scores("task", [prompt_text(p["prompt"]) for p in pairs], [p[side] for p in pairs])  # batched embeds
             return torch.tensor([gold_features(p["prompt"], p[side]) for p in pairs], dtype=torch.float64)
 
         self.train_a, self.train_b = sides(train_pairs, "a"), sides(train_pairs, "b")

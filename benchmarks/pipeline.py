@@ -84,6 +84,21 @@ def step_comparison(workbench_rows: list[dict], plain_rows: list[dict]) -> dict:
             "plain_trl_mean_lengths": [round(r["mean_length"], 1) for r in plain_rows]}
 
 
+def reuse_pairs(source: Path, out: Path, preset) -> None:
+    """Copy the pairs (not the labels) of a finished run into a new store under `out` and label them with this
+    preset's simulated labeler, so `run_pipeline` finds its labels collected and goes on from the reward model."""
+    from workbench.oracles import SimulatedLabeler
+    from workbench.preferences import PreferenceStore
+    from workbench.preferences.simulate import label_with
+
+    with PreferenceStore(source / "prefs.sqlite") as old:
+        pairs = old.pairs()
+    out.mkdir(parents=True, exist_ok=True)
+    with PreferenceStore(out / "prefs.sqlite") as store:
+        store.add_pairs(pairs)
+        label_with(store, pairs, SimulatedLabeler(preset.oracle, temperature=preset.labeler_noise, seed=preset.seed))
+
+
 def seed_result(seed: int, headline: dict) -> dict:
     """One pipeline run's numbers: gold and proxy wins, RL next to best-of-n, and the gaming indicators."""
     report = json.loads(Path(headline["eval_path"]).read_text())
@@ -115,6 +130,9 @@ def main() -> dict:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--algo", help="the RL algorithm (default: the preset's, rloo); ppo is compared with RLOO")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pipeline seeds (labels, RM, RL)")
+    parser.add_argument("--reuse-pairs-from", help="a finished run folder of this benchmark: its generated pairs are "
+                        "labelled afresh by each seed's simulated labeler (pair generation is the slowest stage on a "
+                        "CPU without bf16 units); with the same seed these are exactly its labels")
     parser.add_argument("--compare-with", help="a JSON line printed by an RLOO run of this benchmark (for --algo ppo)")
     parser.add_argument("--compare-steps", type=int, default=6,
                         help="first steps compared (workbench vs plain TRL), step 1 excluded as warm-up")
@@ -130,6 +148,8 @@ def main() -> dict:
     for seed in args.seeds:
         preset = get_preset(args.preset, algo=args.algo, seed=seed)
         seed_out = out / f"seed{seed}" if len(args.seeds) > 1 else out
+        if args.reuse_pairs_from:
+            reuse_pairs(Path(args.reuse_pairs_from), seed_out, preset)
         with contextlib.redirect_stdout(sys.stderr):  # trainer chatter off stdout: stdout carries one JSON line
             headline = run_pipeline(preset, seed_out)
             if steps is None:
@@ -153,6 +173,7 @@ def main() -> dict:
         "preset": args.preset,
         "algo": preset.algo,
         "seeds": args.seeds,
+        "pairs_reused_from": args.reuse_pairs_from,
         **{k: v for k, v in first.items() if k != "seed"},
         "per_seed": per_seed if len(per_seed) > 1 else None,
         "bf16": resolve_bf16(preset.bf16),

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from apps.context import AppContext
+from workbench.preferences.rankings import RankingStore
 
 TOO_FEW_N = 20  # below this many items an interval is too wide to tell one outcome from another
 DISAGREE_MARGIN = 0.1  # the RM "disagrees" only when P(A>B) is at least this far on the other side of 0.5
@@ -36,14 +37,16 @@ class LabelCounts:
     identical: int = 0  # A/B/tie on a pair with two identical sides: dropped at training
     human: int = 0
     simulated: int = 0
+    rankings: int = 0  # current "rank" answers of the rank-K mode
+    ranking_pairs: int = 0  # their C(K, 2) pairs each, ties included (trained as half a win, as `train-rm` does)
 
     @property
     def usable(self) -> int:
-        return self.preferences + self.ties
+        return self.preferences + self.ties + self.ranking_pairs
 
 
 def label_counts(ctx: AppContext, annotator: str | None = None) -> LabelCounts:
-    """LabelCounts of every current label (or one annotator's)."""
+    """LabelCounts of every current label and ranking (or one annotator's)."""
     labels = ctx.store.current_labels(annotator)
     same = {p.pair_id for p in ctx.store.pairs() if p.completion_a == p.completion_b} if labels else set()
     counts = LabelCounts(total=len(labels))
@@ -62,6 +65,8 @@ def label_counts(ctx: AppContext, annotator: str | None = None) -> LabelCounts:
             counts.both_bad += 1
         else:
             counts.skips += 1
+    ranked = [r for r in RankingStore(ctx.store).current(annotator) if r.choice == "rank"]
+    counts.rankings, counts.ranking_pairs = len(ranked), sum(len(r.ranks) * (len(r.ranks) - 1) // 2 for r in ranked)
     return counts
 
 
@@ -73,7 +78,9 @@ def enough_labels(ctx: AppContext) -> int:
 def labels_markdown(counts: LabelCounts, needed: int) -> str:
     """Usable labels next to the total, what each kind of label does, and a warning while there are too few."""
     parts = [f"**{counts.usable} usable** for the reward model ({counts.preferences} A/B + {counts.ties} ties, a tie "
-             f"trains as half a win each side) of {counts.total} labels"]
+             f"trains as half a win each side) of {counts.total} labels"
+             + (f", + {counts.ranking_pairs} pairs of {counts.rankings} ranking{'s' * (counts.rankings != 1)}"
+                if counts.rankings else "")]
     unused = [f"{n} {name}" for n, name in ((counts.both_bad, "both bad"), (counts.skips, "skipped"),
                                            (counts.identical, "on identical replies")) if n]
     if unused:
@@ -117,10 +124,16 @@ VERDICT_TEXT = {"agrees": "The reward model **agrees** with you.",
 
 # -- one line per tab: what is happening, what next -----------------------------------------------------------------
 
-def rank_guidance(counts: LabelCounts, needed: int, has_reward_model: bool) -> str:
-    if counts.usable < needed:
+def rank_guidance(counts: LabelCounts, needed: int, has_reward_model: bool, rank_k: bool = False) -> str:
+    """`rank_k`: the Rank tab is in "rank K" mode (order K answers instead of picking one of two)."""
+    if counts.usable < needed and rank_k:
+        step = ("Order the answers best first (keys 1-9, then Enter or *Submit ranking*; ties as 3=1). A ranking "
+                "of K answers teaches the reward model C(K, 2) pairs (6 for K = 4, from reading 4 texts); when the "
+                "warning above is gone, train it in the *Reward model* tab.")
+    elif counts.usable < needed:
         step = ("Pick the reply you prefer (keys 1-5). Every A/B vote or tie teaches the reward model your taste; "
-                "when the warning above is gone, train it in the *Reward model* tab.")
+                "when the warning above is gone, train it in the *Reward model* tab. Or switch the mode to *rank K*: "
+                "order K answers best first; one ranking of 4 gives 6 pairs for reading 4 texts (a pair costs 2).")
     elif not has_reward_model:
         step = "Enough labels: train the reward model in the *Reward model* tab."
     else:
@@ -132,7 +145,8 @@ def reward_guidance(counts: LabelCounts, needed: int, has_reward_model: bool, ru
     if running:
         return "**Now:** the reward model is training in the background; the curves fill in as it logs."
     if counts.usable < 4:
-        return "**Now:** label some pairs in the *Rank* tab first; the reward model learns from A/B votes and ties."
+        return ("**Now:** label some pairs in the *Rank* tab first; the reward model learns from A/B votes, ties "
+                "and rankings of K answers.")
     if not has_reward_model:
         note = "" if counts.usable >= needed else f" (with {counts.usable} usable labels expect near-chance accuracy)"
         return f"**Now:** train the reward model on your labels{note}."

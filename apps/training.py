@@ -17,7 +17,7 @@ from apps.handlers import (
 )
 from apps.jobs import JobError, python_command, read_tail
 from workbench import plots
-from workbench.preferences import export_preferences
+from workbench.preferences import export_preferences, export_ranking_pairs
 from workbench.reward.train import RewardModelConfig
 from workbench.rl.config import ALGORITHMS
 from workbench.pipeline import PipelinePreset
@@ -43,16 +43,19 @@ def reward_command(ctx: AppContext, epochs: float) -> list[str]:
 
 def start_reward_training(ctx: AppContext, epochs) -> str:
     epochs = check_number("Epochs", epochs, 0.1, MAX_RM_EPOCHS)
-    _, report = export_preferences(ctx.store, keep=("A", "B", "tie"))  # what `train-rm` trains on
-    if report["n_rows"] < MIN_RM_PAIRS:
-        raise InputError(f"Only {report['n_rows']} usable labels so far (A/B votes and ties); label at least "
-                         f"{MIN_RM_PAIRS} pairs (both-bad and skips do not teach a reward model) in the Rank tab first.")
+    _, report = export_preferences(ctx.store, keep=("A", "B", "tie"))  # what `train-rm` trains on, with:
+    _, ranked = export_ranking_pairs(ctx.store, ties="keep")  # each ranking's C(K, 2) pairs
+    if report["n_rows"] + ranked["n_rows"] < MIN_RM_PAIRS:
+        raise InputError(f"Only {report['n_rows'] + ranked['n_rows']} usable labels so far (A/B votes, ties and "
+                         f"pairs of rankings); label at least {MIN_RM_PAIRS} pairs (both-bad and skips do not teach a "
+                         "reward model) in the Rank tab first.")
     try:
         ctx.jobs.start("reward", reward_command(ctx, epochs))
     except JobError as error:
         raise InputError(str(error)) from None
+    rankings = f" and {ranked['n_rows']} pairs of {ranked['n_rankings']} rankings" if ranked["n_rankings"] else ""
     return (f"Training started on {report['n_rows']} usable labels ({report['kept'].get('tie', 0)} ties, each half a "
-            "win for both sides).")
+            f"win for both sides){rankings}.")
 
 
 def job_markdown(status: dict, what: str, describe=None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from apps import compare, exports, guidance, persona, ranking, training
+from apps import compare, exports, guidance, persona, rank_k, rank_k_panel, ranking, training
 from apps.security import GuardConfig, RequestGuard, allowed_hosts
 from apps.context import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, AppContext
 from apps.handlers import MAX_PROMPT_CHARS, InputError, check_annotator
@@ -41,9 +41,12 @@ APP_TORCH_THREADS = 1
 # 8 label clients on a busy 2-core machine went from p50/p95 187/271 ms to 128/201 ms.
 GRADIO_QUEUE_ANALYTICS = {"GRADIO_ANALYTICS_MAX_EVENTS": "100", "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
 JOB_POLL_S = 2.0
-# Keyboard shortcuts of the Rank tab: 1/a, 2/b, 3/t, 4/x, 5/s, u = undo. Ignored while typing in a field.
-SHORTCUTS = {"1": "vote-A", "a": "vote-A", "2": "vote-B", "b": "vote-B", "3": "vote-tie", "t": "vote-tie",
-             "4": "vote-both_bad", "x": "vote-both_bad", "5": "vote-skip", "s": "vote-skip", "u": "undo-last"}
+# Keyboard shortcuts of the Rank tab: pairs 1/a, 2/b, 3/t, 4/x, 5/s; rank K 1-9 = pick that answer; u = undo.
+# Each key names buttons in order; the first one visible on the page is clicked. Ignored while typing in a field.
+SHORTCUTS = {"1": ["vote-A", "rankk-pick-1"], "a": ["vote-A"], "2": ["vote-B", "rankk-pick-2"], "b": ["vote-B"],
+             "3": ["vote-tie", "rankk-pick-3"], "t": ["vote-tie"], "4": ["vote-both_bad", "rankk-pick-4"],
+             "x": ["vote-both_bad"], "5": ["vote-skip", "rankk-pick-5"], "s": ["vote-skip"],
+             **{str(n): [f"rankk-pick-{n}"] for n in range(6, 10)}, "u": ["undo-last", "rankk-undo"]}
 SHORTCUTS_JS = """
 () => {{
   if (window.__workbenchKeys) return;
@@ -53,9 +56,9 @@ SHORTCUTS_JS = """
     const target = event.target;
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
-    const id = keys[event.key.toLowerCase()];
-    const button = id && document.getElementById(id);
-    if (button && button.offsetParent !== null && !button.disabled) {{ event.preventDefault(); button.click(); }}
+    const button = (keys[event.key.toLowerCase()] || []).map((id) => document.getElementById(id))
+      .find((b) => b && b.offsetParent !== null);
+    if (button && !button.disabled) {{ event.preventDefault(); button.click(); }}
   }});
 }}
 """.format(str(SHORTCUTS).replace("'", '"'))
@@ -299,25 +302,30 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                                          elem_id="active")
                     model_a = gr.Dropdown([ctx.policy.name], value=ctx.policy.name, label="Model A", scale=2)
                     model_b = gr.Dropdown([ctx.policy.name], value=ctx.policy.name, label="Model B", scale=2)
+                    mode = gr.Radio(list(rank_k.MODES), value="pairs", label="Mode", scale=2, elem_id="rank-mode")
+                    k_choice = gr.Dropdown(list(range(rank_k.MIN_K, rank_k.MAX_K + 1)), value=rank_k.DEFAULT_K,
+                                           label="K answers", scale=1, visible=False, elem_id="rank-k")
                 progress = gr.Markdown(elem_id="progress")
-                prompt_box = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="rank-prompt")
-                with gr.Row(equal_height=True):
-                    side_a = gr.Textbox(label="A", interactive=False, lines=7, elem_id="side-a",
-                                        elem_classes="completion")
-                    side_b = gr.Textbox(label="B", interactive=False, lines=7, elem_id="side-b",
-                                        elem_classes="completion")
-                with gr.Row(elem_classes="vote-row"):
-                    vote_buttons = {choice: gr.Button(f"{name}  [{key}]", elem_id=f"vote-{choice}",
-                                                      variant="primary" if choice in ("A", "B") else "secondary",
-                                                      interactive=False)  # enabled once a pair is stored
-                                    for (choice, name), key in zip(ranking.CHOICE_NAMES.items(), "12345")}
-                    undo = gr.Button("Undo last  [u]", elem_id="undo-last", variant="stop")
-                note = gr.Markdown(elem_id="pair-note")
-                reveal = gr.Markdown(elem_id="reveal")
-                with gr.Accordion("Rank your own prompt", open=False), gr.Row():
-                    typed = gr.Textbox(label="Prompt", max_length=MAX_PROMPT_CHARS, lines=2, scale=4,
-                                       elem_id="typed-prompt")
-                    typed_go = gr.Button("New pair for my prompt", scale=1, elem_id="typed-go")
+                with gr.Column() as pair_column:
+                    prompt_box = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="rank-prompt")
+                    with gr.Row(equal_height=True):
+                        side_a = gr.Textbox(label="A", interactive=False, lines=7, elem_id="side-a",
+                                            elem_classes="completion")
+                        side_b = gr.Textbox(label="B", interactive=False, lines=7, elem_id="side-b",
+                                            elem_classes="completion")
+                    with gr.Row(elem_classes="vote-row"):
+                        vote_buttons = {choice: gr.Button(f"{name}  [{key}]", elem_id=f"vote-{choice}",
+                                                          variant="primary" if choice in ("A", "B") else "secondary",
+                                                          interactive=False)  # enabled once a pair is stored
+                                        for (choice, name), key in zip(ranking.CHOICE_NAMES.items(), "12345")}
+                        undo = gr.Button("Undo last  [u]", elem_id="undo-last", variant="stop")
+                    note = gr.Markdown(elem_id="pair-note")
+                    reveal = gr.Markdown(elem_id="reveal")
+                    with gr.Accordion("Rank your own prompt", open=False), gr.Row():
+                        typed = gr.Textbox(label="Prompt", max_length=MAX_PROMPT_CHARS, lines=2, scale=4,
+                                           elem_id="typed-prompt")
+                        typed_go = gr.Button("New pair for my prompt", scale=1, elem_id="typed-go")
+                rank_panel = rank_k_panel.build_panel(ctx)  # "rank K" mode: K answers stacked (Model A writes them)
                 with gr.Accordion("Top up with a simulated persona", open=False):
                     gr.Markdown("A simulated labeler (a gold reward plus noise) labels more pairs for you. Its labels "
                                 "are stored as `sim:<persona>` and never mixed up with yours; it also labels the pairs "
@@ -348,7 +356,8 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                         labels_go = gr.Button("Download all labels", scale=1, elem_id="labels-download")
                         labels_file = gr.File(label="Labels", interactive=False, scale=2, elem_id="labels-file")
                 gr.Markdown("Shortcuts: **1**/a = A · **2**/b = B · **3**/t = tie · **4**/x = both bad · "
-                            "**5**/s = skip · **u** = undo. The reward model's opinion shows only after your vote.")
+                            "**5**/s = skip · **u** = undo; in *rank K* mode **1**-**9** pick that answer next. "
+                            "The reward model's opinion shows only after your vote.")
 
             with gr.Tab("Reward model", id="reward"):
                 rm_seen = gr.State(None)
@@ -462,6 +471,10 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                          **private, **light) \
                 .success(_guarded(on_next), next_inputs, pair_outputs, **private, **model)
         undo.click(_guarded(on_undo), [view, annotator], [*pair_outputs, reveal, progress], **private, **light)
+        rank_k_panel.wire_panel(rank_panel, ctx, mode=mode, k_choice=k_choice, annotator=annotator, model=model_a,
+                                progress=progress, pair_only=[pair_column, active, model_b],
+                                pair_progress=rank_progress, guarded=_guarded, who=_annotator, light=light,
+                                decode=model)
         typed_go.click(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
         typed.submit(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
         persona_go.click(_guarded(on_top_up), [persona_name, persona_noise, persona_n, annotator],

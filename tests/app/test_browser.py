@@ -76,3 +76,55 @@ def test_a_person_tops_up_with_a_persona_relabels_and_downloads_labels_in_the_pa
             == [1, 2]
     finally:
         stop_app(app)
+
+
+def test_rank_k_mode_ranks_by_click_and_key_refuses_a_bad_ranking_and_undoes(tmp_path, tiny_policy):
+    """Issue 21: switch to rank K, rank 4 stacked answers by clicks and keys, a repeated number is refused with
+    nothing written, u withdraws the ranking, and the pair mode still votes afterwards."""
+    from tests.app.browser import TIMEOUT_MS, launch_browser, wait_for_pair
+    from workbench.preferences.rankings import RankingStore
+
+    rankable = "() => { const b = document.querySelector('#rankk-submit'); return b && !b.disabled; }"
+    shown = "(n) => new RegExp(`Your rankings: ${n}\\\\b`).test(document.querySelector('#progress').innerText)"
+    app = start_app(tmp_path / "run", tiny_policy)
+    rankings = RankingStore(app.ctx.store)
+    try:
+        with sync_playwright() as playwright:
+            browser = launch_browser(playwright)
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.goto(app.url)
+            wait_for_pair(page)
+            page.get_by_label("rank K").check()
+            page.wait_for_function(rankable, timeout=TIMEOUT_MS)
+            assert [page.locator(f"#rankk-answer-{n}").is_visible() for n in (1, 4, 5)] == [True, True, False]
+            assert not page.locator("#vote-A").is_visible()
+            order = page.locator("#rankk-order textarea, #rankk-order input").first
+            page.locator("#rankk-pick-3").click()
+            page.wait_for_function("(el) => el.value === '3'", arg=order.element_handle(), timeout=TIMEOUT_MS)
+            page.locator("body").click(position={"x": 5, "y": 5})
+            for key, so_far in (("1", "3 1"), ("4", "3 1 4"), ("2", "3 1 4 2")):
+                page.keyboard.press(key)  # shortcut: pick answer `key` next
+                page.wait_for_function("([el, v]) => el.value === v", arg=[order.element_handle(), so_far],
+                                       timeout=TIMEOUT_MS)
+            page.locator("#rankk-submit").click()
+            page.wait_for_function(shown, arg=1, timeout=TIMEOUT_MS)
+            assert [r.ranks for r in rankings.current()] == [(2, 4, 1, 3)]
+            assert "Last set" in page.locator("#rankk-reveal").inner_text()
+            page.wait_for_function(rankable, timeout=TIMEOUT_MS)
+            order.fill("3 1 1 2")
+            order.press("Enter")
+            page.get_by_text("answer 1 appears twice").first.wait_for(timeout=TIMEOUT_MS)
+            assert app.ctx.store.connection().execute("SELECT COUNT(*) FROM rankings").fetchone()[0] == 1
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("u")
+            page.wait_for_function(shown, arg=0, timeout=TIMEOUT_MS)
+            assert [r.choice for r in rankings.history(rankings.sets()[0].set_id)] == ["rank", "undo"]
+            page.get_by_label("pairs").check()
+            page.wait_for_function("() => { const b = document.querySelector('#vote-A');"
+                                   " return b && b.offsetParent !== null && !b.disabled; }", timeout=TIMEOUT_MS)
+            page.locator("#vote-A").click()
+            page.wait_for_function("() => /Your labels: 1\\b/.test(document.querySelector('#progress').innerText)",
+                                   timeout=TIMEOUT_MS)
+            browser.close()
+    finally:
+        stop_app(app)

@@ -21,10 +21,11 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 from workbench.data import PromptRecord
-from workbench.generation import generate, prompt_text
+from workbench.generation import Completion, generate, generate_stream, prompt_text
 from workbench.preferences.pairs import PairConfig, _sampling
 from workbench.preferences.schema import Messages, check_prompt
 from workbench.preferences.store import (
@@ -156,6 +157,10 @@ class RankingStore:
         if row is None:
             raise KeyError(f"set_id {set_id!r} is not in {self.store.path}; list stored sets with sets().")
         return _set_from_row(row)
+
+    def count_sets(self) -> int:
+        return self.store.connection().execute("SELECT COUNT(*) FROM ranking_sets").fetchone()[0] \
+            if self._ready() else 0
 
     def sets(self, limit: int | None = None) -> list[RankingSet]:
         if not self._ready():
@@ -313,24 +318,60 @@ def make_ranking_sets(prompts: list[PromptRecord], policy, k: int = DEFAULT_K, c
         raise ValueError(f"k={k}: a ranking holds {MIN_K} to {MAX_K} completions.")
     config = config or PairConfig()
     per_batch = max(1, config.batch_size // k * 2)  # prompts per batch: about as many rows as make_pairs' batches
-    order, settings, sets = random.Random(config.seed), asdict(config), []
+    order, sets = random.Random(config.seed), []
     for start in range(0, len(prompts), per_batch):
         chunk = prompts[start : start + per_batch]
         rows = [record.prompt for record in chunk for _ in range(k)]  # (len(chunk) * K,) grouped per prompt
         samples = generate(*policy, rows, replace(_sampling(config, config.seed + k * start), batch_size=len(rows)))
         for index, record in enumerate(chunk):
             group = samples[index * k : (index + 1) * k]
-            texts = [c.text for c in group]
-            if len(set(texts)) != k or not all(t.strip() for t in texts):
+            if not _distinct(group):
                 continue
             display = list(range(k))
-            order.shuffle(display)
-            shown = [texts[i] for i in display]
-            sets.append(RankingSet(RankingSet.make_id(record.prompt, shown, [model_name] * k), record.prompt, shown,
-                                   [model_name] * k, display,
-                                   {**settings, "k": k, "finished": [group[i].finished for i in display]},
-                                   record.id, time.time()))
+            order.shuffle(display)  # drawn for kept sets only, so a dropped set does not shift the others' order
+            sets.append(_assemble_set(record, group, display, config, model_name))
     return sets
+
+
+@dataclass
+class RankingDraft:
+    """What `stream_ranking_set` yields: the K answers as displayed (top to bottom) while they are written."""
+
+    texts: list[str]
+    done: bool = False  # decoding has finished
+    ranking_set: RankingSet | None = None  # when done: the set, or None when two answers came out equal or empty
+
+
+def stream_ranking_set(record: PromptRecord, policy, k: int = DEFAULT_K, config: PairConfig | None = None,
+                       model_name: str = "policy", lock=None) -> Iterator[RankingDraft]:
+    """`make_ranking_sets` for one prompt, streamed: the same set for the same config, its K answers growing
+    together (one batched decode, as `pairs.stream_pair` streams a pair). `lock`: see `generate_stream`."""
+    if not MIN_K <= k <= MAX_K:
+        raise ValueError(f"k={k}: a ranking holds {MIN_K} to {MAX_K} completions.")
+    config = config or PairConfig()
+    display = list(range(k))
+    random.Random(config.seed).shuffle(display)  # the order make_ranking_sets draws for this (only) set
+    sampling = replace(_sampling(config, config.seed), batch_size=k)  # make_ranking_sets' seed for a first chunk
+    for update in generate_stream(*policy, [record.prompt] * k, sampling, lock=lock):
+        yield RankingDraft([update.texts[i] for i in display])
+    group = update.completions
+    ranking_set = _assemble_set(record, group, display, config, model_name) if _distinct(group) else None
+    yield RankingDraft([group[i].text for i in display], done=True, ranking_set=ranking_set)
+
+
+def _distinct(group: list[Completion]) -> bool:
+    """K different, non-empty answers: a repeated one would make a pair with nothing to compare."""
+    texts = [c.text for c in group]
+    return len(set(texts)) == len(texts) and all(t.strip() for t in texts)
+
+
+def _assemble_set(record: PromptRecord, group: list[Completion], display: list[int], config: PairConfig,
+                  model_name: str) -> RankingSet:
+    k, shown = len(group), [group[i].text for i in display]
+    return RankingSet(RankingSet.make_id(record.prompt, shown, [model_name] * k), record.prompt, shown,
+                      [model_name] * k, display,
+                      {**asdict(config), "k": k, "finished": [group[i].finished for i in display]},
+                      record.id, time.time())
 
 
 def rank_with(store: RankingStore, sets: list[RankingSet], labeler) -> int:

@@ -179,7 +179,9 @@ def main() -> dict:
         "bf16": resolve_bf16(preset.bf16),
         "rl_step_seconds": steps,
         "goals": {
-            "total_le_15_min": all(row["seconds"]["total"] <= 900 for row in per_seed),
+            # not judged when the pairs were reused: the total then leaves out their generation
+            "total_le_15_min": None if args.reuse_pairs_from else all(row["seconds"]["total"] <= 900
+                                                                      for row in per_seed),
             "gold_win_rate_ge_0.70_and_ci_above_0.5": all(w["value"] >= 0.70 and w["low"] > 0.5 for w in wins),
             "every_seed_gold_win_ci_above_0.5": all(w["low"] > 0.5 for w in wins),
             "step_time_ratio_le_1": steps["ratio"] <= 1.0,

@@ -84,6 +84,20 @@ def step_comparison(workbench_rows: list[dict], plain_rows: list[dict]) -> dict:
             "plain_trl_mean_lengths": [round(r["mean_length"], 1) for r in plain_rows]}
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """FIELD=VALUE strings -> {field: value}, each value read as JSON when it parses (numbers, booleans)."""
+    overrides = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE, e.g. rl_steps=8")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return overrides
+
+
 def reuse_pairs(source: Path, out: Path, preset) -> None:
     """Copy the pairs (not the labels) of a finished run into a new store under `out` and label them with this
     preset's simulated labeler, so `run_pipeline` finds its labels collected and goes on from the reward model."""
@@ -130,6 +144,8 @@ def main() -> dict:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--algo", help="the RL algorithm (default: the preset's, rloo); ppo is compared with RLOO")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="pipeline seeds (labels, RM, RL)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override preset fields (e.g. rl_steps=8 eval_prompts=24): a reduced run, reported as such")
     parser.add_argument("--reuse-pairs-from", help="a finished run folder of this benchmark: its generated pairs are "
                         "labelled afresh by each seed's simulated labeler (pair generation is the slowest stage on a "
                         "CPU without bf16 units); with the same seed these are exactly its labels")
@@ -142,11 +158,12 @@ def main() -> dict:
     from workbench.pipeline import get_preset, run_pipeline
     from workbench.runs import RunDir
 
+    overrides = parse_overrides(args.set)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     per_seed, steps = [], None
     for seed in args.seeds:
-        preset = get_preset(args.preset, algo=args.algo, seed=seed)
+        preset = get_preset(args.preset, algo=args.algo, seed=seed, **overrides)
         seed_out = out / f"seed{seed}" if len(args.seeds) > 1 else out
         if args.reuse_pairs_from:
             reuse_pairs(Path(args.reuse_pairs_from), seed_out, preset)
@@ -174,6 +191,7 @@ def main() -> dict:
         "algo": preset.algo,
         "seeds": args.seeds,
         "pairs_reused_from": args.reuse_pairs_from,
+        "overrides": overrides or None,  # a reduced run: its numbers are not the preset's
         **{k: v for k, v in first.items() if k != "seed"},
         "per_seed": per_seed if len(per_seed) > 1 else None,
         "bf16": resolve_bf16(preset.bf16),

@@ -11,7 +11,7 @@ import torch
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
-from apps.context import AppContext, LoadedPolicy
+from apps.context import DEFAULT_REWARD_BACKBONE, AppContext, LoadedPolicy
 from apps.workbench_app import build_demo, serve
 
 
@@ -34,8 +34,9 @@ class ServedApp:
         self.demo, self.url, self.ctx = demo, url, demo.app_context
 
 
-def start_app(run_dir, tiny_policy, auth=None) -> ServedApp:
-    context = AppContext.open(run_dir, policy=LoadedPolicy("tiny-random-llama", *tiny_policy), label_target=50)
+def start_app(run_dir, tiny_policy, auth=None, reward_backbone: str = DEFAULT_REWARD_BACKBONE) -> ServedApp:
+    context = AppContext.open(run_dir, policy=LoadedPolicy("tiny-random-llama", *tiny_policy), label_target=50,
+                              reward_backbone=reward_backbone)
     demo = build_demo(context=context)
     port = free_port()
     serve(demo, "127.0.0.1", port, auth=auth, prevent_thread_lock=True, quiet=True)

@@ -89,13 +89,20 @@ def reward_finished(result: dict) -> str:
     if "accuracy" not in result:
         return ""
     ci = result.get("accuracy_ci") or [None, None]
-    n_val = result.get("n_val") or 0
+    n = _n_evaluated(result)
+    where = "held-out" if result.get("n_val") else "training (no held-out labels yet)"
     text = (f"A **{result.get('kind', 'reward')}** model learned from {result.get('n_train', '?')} training pairs "
-            f"({result.get('n_ties', 0)} of them ties); accuracy on {n_val} held-out labels: "
-            f"{estimate_markdown(result['accuracy'], ci[0], ci[1], n_val)}.")
+            f"({result.get('n_ties', 0)} of them ties); accuracy on {n} {where} labels: "
+            f"{estimate_markdown(result['accuracy'], ci[0], ci[1], n)}.")
     if result.get("n_dropped_too_long"):
         text += f" {result['n_dropped_too_long']} pairs were too long and left out."
     return text
+
+
+def _n_evaluated(report: dict) -> int:
+    """The pairs a reward model's accuracy was measured on: its held-out A/B pairs (ties are trained on, not
+    evaluated), or its training pairs when none are held out. Reports from before `n_evaluated`: the split's size."""
+    return report.get("n_evaluated", report.get("n_val") or report.get("n_train") or 0)
 
 
 def rl_finished(result: dict) -> str:
@@ -124,15 +131,16 @@ def reward_summary(ctx: AppContext) -> str:
     if not path.exists():
         return "No reward model in this run yet."
     report = json.loads(path.read_text())
+    n = _n_evaluated(report)
     lines = [(f"**Reward model** ({report['n_train']} training pairs, evaluated on {report.get('evaluated_on', 'val')}, "
-             f"n = {report['n_val'] or report['n_train']}):"),
-             f"- accuracy vs labels: {_ci_n(report['accuracy'], report['accuracy_ci'], report['n_val'] or report['n_train'])}"]
+             f"n = {n}):"),
+             f"- accuracy vs labels: {_ci_n(report['accuracy'], report['accuracy_ci'], n)}"]
     if report.get("kind"):  # models trained before kinds existed have none
         lines.insert(1, f"- kind: **{report['kind']}** ({report.get('kind_reason', '')}); ties trained as half a "
                         f"win each side: {report.get('n_ties', 0)}")
     if report.get("gold_accuracy") is not None:
         lines.append(f"- agreement with the gold labeler: "
-                     f"{_ci_n(report['gold_accuracy'], report['gold_accuracy_ci'], report['n_val'] or report['n_train'])}")
+                     f"{_ci_n(report['gold_accuracy'], report['gold_accuracy_ci'], n)}")
     lines.append(f"- calibration error (ECE): {_fmt(report.get('ece'))} · score/length correlation: "
                  f"{_fmt(report.get('length_correlation'))}")
     return "\n".join(lines)

@@ -213,3 +213,27 @@ def test_evaluate_from_the_compare_tab_runs_as_a_job_and_fills_the_report(ctx):
     assert report["table"] is not None and report["overoptimisation"] is not None and report["win_rates"] is not None
     assert "Gaming indicators" in report["gaming"] and report["summary"]
     assert exports.report_file(ctx).read_text() == (ctx.root / "rl" / "eval.json").read_text()
+
+
+def test_the_reward_models_accuracy_carries_the_n_it_was_measured_on(ctx):
+    """Ties train as half a win but are not evaluated: the accuracy's n counts the pairs it was measured on. A
+    held-out tie made the tab say "n = <held-out labels>" for an accuracy over one pair fewer."""
+    from workbench.preferences import export_preferences
+    from workbench.reward.train import RewardModelConfig, is_validation, train_reward_model
+
+    config = RewardModelConfig(kind="policy", backbone="tiny-random-llama", save_checkpoints=False, oracle=None)
+    held_out = []
+    while len(held_out) < 2:  # labels "A" until two of them fall into the validation split
+        _label(ctx, ["A"] * 8)
+        rows = export_preferences(ctx.store, keep=("A", "B", "tie"))[0].to_list()
+        held_out = [r for r in rows if is_validation(r, config.val_fraction)]
+    ranking.submit_label(ctx, held_out[0]["pair_id"], "tie", "ann", "relabel:tie")  # same sides: still held out
+    rows = export_preferences(ctx.store, keep=("A", "B", "tie"))[0].to_list()
+    result = train_reward_model(rows, config, ctx.root).summary()
+    n_evaluated = sum(is_validation(r, config.val_fraction) and r["choice"] != "tie" for r in rows)
+    assert result["n_val"] == n_evaluated + 1 and result["n_evaluated"] == n_evaluated
+    summary = training.reward_summary(ctx)
+    assert f"n = {n_evaluated} pairs" in summary and f"n = {n_evaluated + 1}" not in summary
+    line = training.reward_finished(result)
+    assert f"accuracy on {n_evaluated} held-out labels" in line and f"n = {n_evaluated} pairs" in line
+

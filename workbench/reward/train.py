@@ -95,6 +95,7 @@ class RewardTrainResult:
                 "n_pairs": self.n_pairs, "n_ties": self.n_ties, "n_train": self.n_train,
                 "n_val": self.n_val, "n_dropped_too_long": self.n_dropped_too_long,
                 "accuracy": self.accuracy.value, "accuracy_ci": [self.accuracy.low, self.accuracy.high],
+                "n_evaluated": self.accuracy.n,  # the A/B pairs both accuracies are measured on (ties are not)
                 "gold_accuracy": self.gold_accuracy.value if self.gold_accuracy else None,
                 "gold_accuracy_ci": [self.gold_accuracy.low, self.gold_accuracy.high] if self.gold_accuracy else None,
                 "seconds": round(self.seconds, 2)}

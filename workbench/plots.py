@@ -1,10 +1,39 @@
-"""Plotly figure factories: data in, `go.Figure` out. Never calls .show(); notebooks and the app display."""
+"""Plotly figure factories: data in, `go.Figure` out. Never calls .show(); notebooks and the app display.
+
+`notebook_figures()` (a notebook's setup cell) makes every figure survive `jupyter nbconvert --to html`, offline.
+"""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.io.base_renderers import MimetypeRenderer
 
 TEMPLATE = "plotly_white"
+NOTEBOOK_RENDERERS = "plotly_mimetype+workbench_html"  # JupyterLab draws the first, nbconvert keeps the second
+
+
+class OfflineHtmlRenderer(MimetypeRenderer):
+    """A figure as `text/html` drawn by the plotly.js that `notebook_figures` embeds once: no CDN, no MathJax.
+    (plotly's own "notebook" renderer asks a CDN for MathJax in every figure; "notebook_connected" for plotly.js.)"""
+
+    def to_mimebundle(self, fig_dict: dict) -> dict:
+        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+                           default_width="100%", validate=False)
+        return {"text/html": html}
+
+
+def notebook_figures() -> None:
+    """Call once, in a notebook's setup cell. From then on each figure carries plotly's JSON (JupyterLab and VS
+    Code draw it) and an HTML fallback (what `nbconvert --to html` keeps); the fallback's plotly.js (about 5 MB) is
+    displayed here, once, as this cell's output, so an exported page draws every figure without a network."""
+    from IPython.display import HTML, display
+    from plotly.offline import get_plotlyjs
+
+    pio.renderers["workbench_html"] = OfflineHtmlRenderer()
+    pio.renderers.default = NOTEBOOK_RENDERERS
+    display(HTML(f'<script type="text/javascript">window.PlotlyConfig = {{MathJaxConfig: "local"}};</script>\n'
+                 f'<script type="text/javascript">{get_plotlyjs()}</script>'))
 
 
 def metric_curve(rows: list[dict], metrics: list[str], title: str = "", x: str = "step") -> go.Figure:

@@ -91,15 +91,56 @@ def reward_model_trust(accuracy) -> dict:
     return {"trusted": trusted, "why": why}
 
 
+def pair_config(preset: PipelinePreset):
+    """How the pipeline samples the pairs to label."""
+    from workbench.preferences import PairConfig
+
+    return PairConfig(max_new_tokens=preset.pair_max_new_tokens, seed=preset.seed, batch_size=preset.pair_batch_size,
+                      shaping=preset.shaping)
+
+
+def reward_config(preset: PipelinePreset):
+    from workbench.reward import RewardModelConfig
+
+    return RewardModelConfig(backbone=preset.reward_backbone, epochs=preset.rm_epochs, seed=preset.seed,
+                             oracle=preset.oracle, bf16=preset.bf16, save_checkpoints=False)
+
+
+def rl_config(preset: PipelinePreset, reward_dir: str | Path, learning_rate: float):
+    """Stage 3's config; `learning_rate` is the preset's, scaled down for an untrusted RM (`reward_model_trust`)."""
+    from workbench.rl import RLConfig
+
+    return RLConfig(policy=preset.policy, reward=str(reward_dir), algo=preset.algo, steps=preset.rl_steps,
+                    beta=preset.beta, learning_rate=learning_rate, lora=preset.lora, value_init=preset.value_init,
+                    ppo_epochs=preset.ppo_epochs, prompts_per_step=preset.prompts_per_step,
+                    num_generations=preset.num_generations, max_new_tokens=preset.max_new_tokens, oracle=preset.oracle,
+                    seed=preset.seed, save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps,
+                    bf16=preset.bf16, shaping=preset.shaping)
+
+
+def rl_learning_rate(preset: PipelinePreset, trust: dict) -> float:
+    return preset.learning_rate * (1.0 if trust["trusted"] else preset.weak_rm_lr_scale)
+
+
+def evaluate_config(preset: PipelinePreset, policy_dir: str | Path, reward_dir: str | Path, base: str | None = None):
+    """The evaluation of a tuned policy; `base` defaults to the preset's policy (the RL run's reference)."""
+    from workbench.evaluation.report import EvaluateConfig
+
+    return EvaluateConfig(base=base or preset.policy, policy=str(policy_dir), reward=str(reward_dir),
+                          oracle=preset.oracle, n_prompts=preset.eval_prompts, max_new_tokens=preset.max_new_tokens,
+                          seed=preset.seed, bon_prompts=preset.bon_prompts, bon_max_n=preset.bon_max_n,
+                          shaping=preset.shaping)
+
+
 def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = False) -> dict:
     """Run all stages into the run directory `out`; returns (and writes to <out>/pipeline.json) the headline."""
-    from workbench.evaluation.report import EvaluateConfig, evaluate_run
+    from workbench.evaluation.report import evaluate_run
     from workbench.models import load_policy
     from workbench.oracles import SimulatedLabeler
-    from workbench.preferences import PairConfig, PreferenceStore, export_preferences
+    from workbench.preferences import PreferenceStore, export_preferences
     from workbench.preferences.simulate import collect_simulated_preferences
-    from workbench.reward import RewardModelConfig, train_reward_model
-    from workbench.rl import RLConfig, train_policy
+    from workbench.reward import train_reward_model
+    from workbench.rl import train_policy
 
     run = RunDir(Path(out).resolve())
     run.save_config("pipeline", preset)
@@ -115,20 +156,15 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
     labeler = SimulatedLabeler(preset.oracle, temperature=preset.labeler_noise, seed=preset.seed)
     with PreferenceStore(run.root / "prefs.sqlite") as store:
         if store.count_labels() < preset.n_pairs:  # a re-run reuses the labels already collected
-            collect_simulated_preferences(
-                store, policy, preset.n_pairs, labeler,
-                PairConfig(max_new_tokens=preset.pair_max_new_tokens, seed=preset.seed, batch_size=preset.pair_batch_size,
-                           shaping=preset.shaping),
-                model_name=preset.policy, show_progress=show_progress)
+            collect_simulated_preferences(store, policy, preset.n_pairs, labeler, pair_config(preset),
+                                          model_name=preset.policy, show_progress=show_progress)
         dataset, export_report = export_preferences(store)
     del policy
     rows = dataset.to_list()
     seconds["labels"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    rm = train_reward_model(rows, RewardModelConfig(backbone=preset.reward_backbone, epochs=preset.rm_epochs,
-                                                    seed=preset.seed, oracle=preset.oracle, bf16=preset.bf16,
-                                                    save_checkpoints=False), out)
+    rm = train_reward_model(rows, reward_config(preset), out)
     seconds["reward_model"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -136,25 +172,14 @@ def run_pipeline(preset: PipelinePreset, out: str | Path, show_progress: bool = 
     if (rl_dir / "policy").exists():
         raise FileExistsError(f"{rl_dir} already holds a tuned policy; choose another --out for a new pipeline run")
     trust = reward_model_trust(rm.accuracy)
-    learning_rate = preset.learning_rate * (1.0 if trust["trusted"] else preset.weak_rm_lr_scale)
+    learning_rate = rl_learning_rate(preset, trust)
     if not trust["trusted"]:
         print(f"[workbench] {trust['why']} RL runs at {preset.weak_rm_lr_scale:g}x its learning rate.", file=sys.stderr)
-    rl = train_policy(RLConfig(policy=preset.policy, reward=str(rm.model_dir), algo=preset.algo, steps=preset.rl_steps,
-                               beta=preset.beta, learning_rate=learning_rate, lora=preset.lora,
-                               value_init=preset.value_init, ppo_epochs=preset.ppo_epochs,
-                               prompts_per_step=preset.prompts_per_step, num_generations=preset.num_generations,
-                               max_new_tokens=preset.max_new_tokens, oracle=preset.oracle, seed=preset.seed,
-                               save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps, bf16=preset.bf16,
-                               shaping=preset.shaping),
-                     out, preference_rows=rows)
+    rl = train_policy(rl_config(preset, rm.model_dir, learning_rate), out, preference_rows=rows)
     seconds["rl"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    report = evaluate_run(EvaluateConfig(base=preset.policy, policy=str(rl.policy_dir), reward=str(rm.model_dir),
-                                         oracle=preset.oracle, n_prompts=preset.eval_prompts,
-                                         max_new_tokens=preset.max_new_tokens, seed=preset.seed,
-                                         bon_prompts=preset.bon_prompts, bon_max_n=preset.bon_max_n,
-                                         shaping=preset.shaping))
+    report = evaluate_run(evaluate_config(preset, rl.policy_dir, rm.model_dir), show_progress=show_progress)
     seconds["evaluate"] = time.perf_counter() - started
     seconds["total"] = time.perf_counter() - started_all
 

@@ -32,6 +32,7 @@ class PolicyEvalConfig:
     # but rounds the weights, and most RL updates are below bf16's resolution (see `sampling_precision`)
     bf16: bool | None = False
     shaping: AnswerShaping = field(default_factory=AnswerShaping)  # the answers people and the RM saw
+    show_progress: bool = False  # a progress bar per sampling call (notebooks)
 
     def __post_init__(self) -> None:
         if isinstance(self.shaping, dict):
@@ -44,7 +45,8 @@ class PolicyEvalConfig:
     def sampling(self) -> SamplingConfig:
         # plain tempered sampling (no top-k/top-p truncation), so teacher-forced log-probs are the exact sampler's
         return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0, top_k=0,
-                              seed=self.seed, batch_size=self.batch_size, shaping=self.shaping)
+                              seed=self.seed, batch_size=self.batch_size, shaping=self.shaping,
+                              show_progress=self.show_progress)
 
 
 def sequence_kl(policy, reference, tokenizer, prompts, completion_ids, temperature: float,

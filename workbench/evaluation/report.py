@@ -76,8 +76,9 @@ def intermediate_policies(policy_dir: Path) -> list[tuple[str, Path]]:
     return [found[step] for step in sorted(found) if step != final_step]
 
 
-def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
-    """Everything issue-level users read after RL; written to `out` (default <policy>/../eval.json)."""
+def evaluate_run(config: EvaluateConfig, out: str | Path | None = None, show_progress: bool = False) -> dict:
+    """Everything issue-level users read after RL; written to `out` (default <policy>/../eval.json).
+    `show_progress`: a progress bar per sampling call (base, tuned, each checkpoint, best-of-n)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -86,7 +87,7 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None) -> dict:
     rm = RewardModel.load(config.reward)
     eval_config = PolicyEvalConfig(n_prompts=config.n_prompts, max_new_tokens=config.max_new_tokens,
                                    temperature=config.temperature, seed=config.seed, oracle=config.oracle,
-                                   bf16=config.bf16, shaping=config.shaping)
+                                   bf16=config.bf16, shaping=config.shaping, show_progress=show_progress)
     heldout = builtin_prompts("heldout")
     result = evaluate_policies(base, tuned, tokenizer, rm, eval_config, heldout)
     summary = result["summary"]

@@ -29,19 +29,17 @@ def plain_trl_steps(policy: str, reward_dir: str, preset, out: Path, steps: int)
     """Per-step time and mean completion length of a plain TRL RLOOTrainer with the same policy, reward model,
     sampling and precision settings as the workbench's RL stage."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
     from workbench.data import builtin_prompts
     from workbench.models import resolve_bf16, resolve_model
     from workbench.rl import RLConfig
-    from workbench.reward.score import read_manifest
-    from workbench.rl.rewards import reward_chat_template
+    from workbench.rl.rewards import load_reward_classifier
 
-    rm = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
-    rm_tokenizer = AutoTokenizer.from_pretrained(reward_dir)
-    text_format = read_manifest(reward_dir)["text_format"]
-    rm_tokenizer.chat_template = reward_chat_template(rm_tokenizer, text_format)  # TRL needs one for conversational samples
+    # every RM kind as the torch sequence classifier TRL calls (an embedding head or ensemble is no HF checkpoint);
+    # unnormalised, as a plain script would load it
+    rm, rm_tokenizer = load_reward_classifier(reward_dir, normalize=False)
     policy_path = resolve_model(policy).path
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     rows: list[dict] = []

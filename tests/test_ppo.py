@@ -5,11 +5,9 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from workbench.runs import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_rl import tiny_rm  # noqa: E402,F401  (the module-scoped tiny reward model fixture)
+from kill9 import kill_after_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # a reward the value model can learn from the prompt alone: +1 for the first prompt, -1 for the second
@@ -265,16 +264,7 @@ def test_resume_after_kill_minus_9_continues_the_run(tiny_rm, tmp_path):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(_cli(killed, tiny_rm, "--steps", "6", "--save-steps", "3"), env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "rl" / "checkpoints" / "checkpoint-3" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert state.exists(), "the run never reached its step-3 checkpoint"
-    assert not (killed / "rl" / "policy").exists(), "the run finished before it could be killed"
+    kill_after_checkpoint(_cli(killed, tiny_rm, "--steps", "6", "--save-steps", "3"), killed, 3, env, ROOT)
 
     resumed = train_policy(tiny_ppo(tiny_rm, steps=6, save_steps=3, ppo_epochs=1, resume=True), killed)
     assert resumed.global_step == 6 and resumed.resumed_from == 3

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from workbench.runs import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reward import sentiment_rows  # noqa: E402
+from kill9 import kill_after_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,16 +223,7 @@ def test_resume_after_kill_minus_9_continues_the_run(tiny_rm, tmp_path):
     subprocess.run(_train_rl_cmd(straight, tiny_rm), check=True, env=env, cwd=ROOT, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_rl_cmd(killed, tiny_rm), env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "rl" / "checkpoints" / "checkpoint-3" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not state.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert state.exists(), "the run never reached its step-3 checkpoint"
-    assert not (killed / "rl" / "policy").exists(), "the run finished before it could be killed"
+    kill_after_checkpoint(_train_rl_cmd(killed, tiny_rm), killed, 3, env, ROOT)
 
     resumed = subprocess.run(_train_rl_cmd(killed, tiny_rm, "--resume"), check=True, env=env, cwd=ROOT,
                              capture_output=True, text=True)

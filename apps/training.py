@@ -121,6 +121,18 @@ def _duration(seconds: float | None) -> str:
 
 
 def reward_curves(ctx: AppContext):
+    """A head kind's learning curve on the current labels (loss, accuracy vs labels); a fine-tuned kind's
+    training curves (loss, accuracy vs step)."""
+    from workbench.reward.label_curve import CURVE_FILE
+
+    path = ctx.root / "reward" / CURVE_FILE
+    try:
+        curve = json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        curve = None
+    if curve:
+        accuracy, loss = plots.label_curve_figures(curve)
+        return loss, accuracy
     rows = ctx.run.read_metrics("reward")
     return (plots.metric_curve(rows, ["rm/loss"], title="Reward model: training loss"),
             plots.metric_curve(rows, ["rm/accuracy"], title="Reward model: training accuracy"))
@@ -190,11 +202,34 @@ def score_text(ctx: AppContext, prompt, completion) -> float:
 
 # -- RL ---------------------------------------------------------------------------------------------------------
 
-def rl_command(ctx: AppContext, algo: str, steps: int, beta: float, lora: bool, resume: bool) -> list[str]:
+def rl_command(ctx: AppContext, algo: str, steps: int, beta: float, lora: bool, resume: bool,
+               learning_rate: float | None = None) -> list[str]:
     args = ["train-rl", "--policy", ctx.policy.name, "--out", str(ctx.root), "--algo", algo, "--steps", str(steps),
             "--beta", str(beta), "--json"]
     args += ["--prefs", str(ctx.store.path)] if algo == "dpo" else ["--reward", str(ctx.reward_dir)]
+    rate_flag = "--lora-learning-rate" if lora else "--learning-rate"
+    args += [rate_flag, f"{learning_rate:g}"] if learning_rate is not None else []
     return python_command(*args, *(["--lora"] if lora else []), *(["--resume"] if resume else []))
+
+
+def rl_trust(ctx: AppContext, lora: bool) -> tuple[float | None, str]:
+    """The pipeline's trust rule for the app: an RM whose validation accuracy's 95 % CI reaches chance gets RL at
+    `weak_rm_lr_scale` x the learning rate. Returns (learning rate or None for the default, a sentence)."""
+    from workbench.evaluation.metrics import Estimate
+    from workbench.pipeline import reward_model_trust
+    from workbench.rl.config import RLConfig
+
+    try:
+        report = json.loads((ctx.root / "reward" / "eval.json").read_text())
+        accuracy = Estimate(report["accuracy"], *report["accuracy_ci"], _n_evaluated(report))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None, ""
+    trust = reward_model_trust(accuracy)
+    if trust["trusted"]:
+        return None, ""
+    default = RLConfig.lora_learning_rate if lora else RLConfig.learning_rate
+    scale = PipelinePreset.weak_rm_lr_scale
+    return default * scale, f" {trust['why']} RL therefore runs at {scale:g}x its learning rate ({default * scale:g})."
 
 
 def start_rl(ctx: AppContext, algo, steps, beta, lora, resume: bool = False, archive_previous: bool = False) -> str:
@@ -223,11 +258,13 @@ def start_rl(ctx: AppContext, algo, steps, beta, lora, resume: bool = False, arc
         if ctx.jobs.status("rl")["state"] == "running":
             raise InputError("An RL job is running; stop it before archiving its run.")
         shutil.move(str(ctx.root / "rl"), str(ctx.root / f"rl-archived-{time.strftime('%Y%m%d-%H%M%S')}"))
+    learning_rate, why = rl_trust(ctx, lora) if algo != "dpo" else (None, "")
     try:
-        ctx.jobs.start("rl", rl_command(ctx, algo, steps, beta, lora, resume))
+        ctx.jobs.start("rl", rl_command(ctx, algo, steps, beta, lora, resume, learning_rate))
     except JobError as error:
         raise InputError(str(error)) from None
-    return f"{'Resumed' if resume else 'Started'} {algo} for {steps} steps (β = {beta:g}{', LoRA' if lora else ''})."
+    return (f"{'Resumed' if resume else 'Started'} {algo} for {steps} steps (β = {beta:g}{', LoRA' if lora else ''})."
+            + why)
 
 
 def stop_rl(ctx: AppContext) -> str:

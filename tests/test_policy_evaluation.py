@@ -159,6 +159,7 @@ def test_pipeline_smoke_runs_every_stage_and_reports(tmp_path):
     assert trust["rl_learning_rate"] == preset["learning_rate"] * (1.0 if trust["trusted"] else preset["weak_rm_lr_scale"])
     rl_config = json.loads((out / "rl" / "config.json").read_text())
     assert rl_config["learning_rate"] == trust["rl_learning_rate"] and rl_config["shaping"] == preset["shaping"]
+    assert rl_config["lora_learning_rate"] == pytest.approx(1e-4 * trust["rl_learning_rate"] / preset["learning_rate"])
 
 
 def test_reward_model_trust_needs_the_ci_above_chance():

@@ -4,6 +4,7 @@ curves, and an embedding-head RM driving TRL's RLOO: real tiny models, real fits
 import copy
 import itertools
 import json
+import math
 import random
 
 import pytest
@@ -47,10 +48,15 @@ def test_each_kind_trains_saves_and_scores(kind, extra, tmp_path):
     members = rm.member_scores(["Tell me."], [UPBEAT[1]])
     assert len(members[0]) == (extra.get("ensemble_size", 1) if kind == "ensemble" else 1)
     assert json.loads((tmp_path / "reward" / "eval.json").read_text())["kind"] == kind
+    heads = kind == "ensemble" and extra.get("ensemble_member", "embedding-head") == "embedding-head"
+    assert (tmp_path / "reward" / "label_curve.json").exists() == heads  # only head kinds have the cheap curve
 
 
 def test_embedding_head_learns_and_reloads_identically(head_rm):
     assert head_rm.kind == "embedding-head" and head_rm.accuracy.value >= 0.9 and head_rm.seconds < 60
+    curve = json.loads((head_rm.model_dir.parent / "label_curve.json").read_text())
+    assert [row["n_labels"] for row in curve][-1] == head_rm.n_train - math.ceil(head_rm.n_train / 5)  # 5 folds
+    assert curve[-1]["accuracy"] >= 0.8 and curve[-1]["gold_accuracy"] >= 0.8  # sentiment: labels = gold
     rm = RewardModel.load(head_rm.model_dir, bf16=False)
     assert rm.prob_a_over_b(["x"], [UPBEAT[2]], [GLOOMY[2]])[0] > 0.8
     again = RewardModel.load(head_rm.model_dir, bf16=False)

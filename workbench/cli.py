@@ -283,7 +283,7 @@ def cmd_train_rl(args) -> None:
     config = _config(RLConfig, args, {"policy": "policy", "reward": "reward", "algo": "algo", "steps": "steps",
                                       "beta": "beta", "lora": "lora", "resume": "resume", "seed": "seed",
                                       "learning_rate": "learning_rate", "oracle": "oracle", "bf16": "bf16",
-                                      "max_new_tokens": "max_new_tokens", "save_steps": "save_steps",
+                                      "lora_learning_rate": "lora_learning_rate", "max_new_tokens": "max_new_tokens", "save_steps": "save_steps",
                                       "snapshot_steps": "snapshot_steps", "ppo_epochs": "ppo_epochs",
                                       "num_minibatches": "num_minibatches", "cliprange": "cliprange",
                                       "cliprange_value": "cliprange_value", "gae_lambda": "gae_lambda",
@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", choices=list(ALGORITHMS), help="default rloo")
     p.add_argument("--steps", type=int, help="optimiser steps (default 30)")
     p.add_argument("--beta", type=float, help="KL coefficient (default 0.05)")
-    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--learning-rate", type=float, help="full fine-tune's learning rate (default 1e-5)")
+    p.add_argument("--lora-learning-rate", type=float, help="with --lora (default 1e-4)")
     p.add_argument("--max-new-tokens", type=int, help="token budget of a sampled reply (default 64)")
     _add_shaping_flags(p)
     p.add_argument("--save-steps", type=int)

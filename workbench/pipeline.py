@@ -110,8 +110,10 @@ def rl_config(preset: PipelinePreset, reward_dir: str | Path, learning_rate: flo
     """Stage 3's config; `learning_rate` is the preset's, scaled down for an untrusted RM (`reward_model_trust`)."""
     from workbench.rl import RLConfig
 
+    scale = learning_rate / preset.learning_rate  # the trust rule scales LoRA's rate alike
     return RLConfig(policy=preset.policy, reward=str(reward_dir), algo=preset.algo, steps=preset.rl_steps,
-                    beta=preset.beta, learning_rate=learning_rate, lora=preset.lora, value_init=preset.value_init,
+                    beta=preset.beta, learning_rate=learning_rate, lora=preset.lora,
+                    lora_learning_rate=RLConfig.lora_learning_rate * scale, value_init=preset.value_init,
                     ppo_epochs=preset.ppo_epochs, prompts_per_step=preset.prompts_per_step,
                     num_generations=preset.num_generations, max_new_tokens=preset.max_new_tokens, oracle=preset.oracle,
                     seed=preset.seed, save_steps=preset.save_steps, snapshot_steps=preset.snapshot_steps,

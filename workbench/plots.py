@@ -116,6 +116,28 @@ def learning_curve(n_labels: list[int], accuracy: list[float], low: list[float],
     return figure
 
 
+def label_curve_figures(rows: list[dict]) -> tuple[go.Figure, go.Figure]:
+    """An embedding head's cross-validated learning curve on its own labels (rows from reward/label_curve.py):
+    accuracy vs labels (against the labels with CI band, against gold, and the training fit), and held-out log-loss."""
+    n = [row["n_labels"] for row in rows]
+    accuracy = learning_curve(n, [r["accuracy"] for r in rows], [r["low"] for r in rows], [r["high"] for r in rows],
+                              title="Reward model: learning curve on your labels (cross-validated)",
+                              name="held-out accuracy vs labels")
+    accuracy.add_trace(go.Scatter(x=n, y=[r["train_accuracy"] for r in rows], mode="lines", name="training fit",
+                                  line={"dash": "dot"}))
+    if rows and "gold_accuracy" in rows[0]:
+        accuracy.add_trace(go.Scatter(x=n, y=[r["gold_accuracy"] for r in rows], mode="lines+markers",
+                                      name="held-out agreement with gold"))
+    accuracy.add_hline(y=0.5, line_dash="dash", line_color="grey", annotation_text="chance")
+    accuracy.update_layout(xaxis_tickvals=n, xaxis_ticktext=[str(v) for v in n], yaxis_range=[0.3, 1.02])
+    loss = go.Figure(go.Scatter(x=n, y=[r["log_loss"] for r in rows], mode="lines+markers", name="held-out loss"))
+    loss.add_hline(y=0.6931, line_dash="dash", line_color="grey", annotation_text="chance (ln 2)")
+    loss.update_layout(template=TEMPLATE, title="Reward model: held-out loss vs labels (lower is better)",
+                       xaxis_type="log", xaxis_tickvals=n, xaxis_ticktext=[str(v) for v in n],
+                       xaxis_title="labelled pairs", yaxis_title="Bradley-Terry loss", height=360)
+    return accuracy, loss
+
+
 def reward_learning_curves(summary: list[dict], title: str = "") -> go.Figure:
     """Gold accuracy vs labels, one panel per labeler, one line per (kind, selection) with 95% CI error bars
     (rows from `workbench.reward.learning_curve.summarise_curves`); log x with the measured counts as ticks."""

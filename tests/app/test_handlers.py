@@ -112,6 +112,22 @@ def test_rl_command_is_an_argument_list(ctx):
     assert command[command.index("--reward") + 1] == str(ctx.reward_dir) and "--lora" in command
 
 
+def test_rl_from_the_app_follows_the_pipelines_trust_rule(ctx):
+    import json
+
+    assert training.rl_trust(ctx, lora=False) == (None, "")  # no RM evaluation yet: the defaults
+    (ctx.root / "reward").mkdir(parents=True, exist_ok=True)
+    report = {"accuracy": 0.55, "accuracy_ci": [0.42, 0.68], "n_val": 40, "n_train": 160}
+    (ctx.root / "reward" / "eval.json").write_text(json.dumps(report))
+    rate, why = training.rl_trust(ctx, lora=False)
+    assert rate == pytest.approx(1e-5 * 0.25) and "includes chance" in why and "0.25x" in why
+    assert training.rl_trust(ctx, lora=True)[0] == pytest.approx(1e-4 * 0.25)
+    command = training.rl_command(ctx, "rloo", 5, 0.1, True, False, rate)
+    assert command[command.index("--lora-learning-rate") + 1] == "2.5e-06"
+    (ctx.root / "reward" / "eval.json").write_text(json.dumps({**report, "accuracy_ci": [0.61, 0.8]}))
+    assert training.rl_trust(ctx, lora=False) == (None, "")  # a trusted RM: the default rate
+
+
 def _wait(runner, name, timeout=30):
     deadline = time.time() + timeout
     while runner.status(name)["state"] == "running" and time.time() < deadline:

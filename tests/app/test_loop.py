@@ -237,3 +237,24 @@ def test_the_reward_models_accuracy_carries_the_n_it_was_measured_on(ctx):
     line = training.reward_finished(result)
     assert f"accuracy on {n_evaluated} held-out labels" in line and f"n = {n_evaluated} pairs" in line
 
+
+
+def test_the_reward_model_tab_shows_a_heads_learning_curve_on_the_current_labels(ctx):
+    """A head kind (what `auto` trains on the app's labels) has no training steps to plot: the tab shows its
+    cross-validated learning curve instead; a fine-tuned kind trained afterwards brings back its step curves."""
+    from workbench.preferences import export_preferences
+    from workbench.reward.train import RewardModelConfig, train_reward_model
+
+    _label(ctx, ["A"] * 24)
+    rows = export_preferences(ctx.store)[0].to_list()
+    train_reward_model(rows, RewardModelConfig(kind="embedding-head", max_length=64, oracle=None), ctx.root)
+    loss, accuracy = training.reward_curves(ctx)
+    curve = json.loads((ctx.root / "reward" / "label_curve.json").read_text())
+    assert "learning curve on your labels" in accuracy.layout.title.text
+    n_train = json.loads((ctx.root / "reward" / "eval.json").read_text())["n_train"]
+    assert list(accuracy.data[1].x) == [row["n_labels"] for row in curve] and curve[-1]["n_evaluated"] == n_train
+    assert list(loss.data[0].y) == [row["log_loss"] for row in curve]
+    train_reward_model(rows, RewardModelConfig(kind="policy", backbone="tiny-random-llama", save_checkpoints=False,
+                                               oracle=None), ctx.root)
+    loss, accuracy = training.reward_curves(ctx)
+    assert not (ctx.root / "reward" / "label_curve.json").exists() and "training loss" in loss.layout.title.text

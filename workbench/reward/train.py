@@ -27,6 +27,7 @@ from workbench.evaluation.reward_diagnostics import diagnose_reward_model
 from workbench.generation import completion_text
 from workbench.models import load_reward_backbone, resolve_bf16
 from workbench.reward.kinds import FINE_TUNED, KindChoice, choose_kind
+from workbench.reward.label_curve import CURVE_FILE
 from workbench.reward.score import COMPLETION_FIRST, MANIFEST, RewardModel, default_text_format, reward_text
 from workbench.runs import RunDir, write_json_atomic
 
@@ -136,12 +137,13 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     model_dir = stage_dir / "model"
     started = time.perf_counter()
     if choice.kind == "embedding-head" or (choice.kind == "ensemble" and config.ensemble_member == "embedding-head"):
-        model, tokenizer, n_dropped, extra = _fit_embedding_head(train_rows, config, choice)
+        model, tokenizer, n_dropped, extra, curve = _fit_embedding_head(train_rows, config, choice)
         text_format = COMPLETION_FIRST
         if is_main:
             run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
                             n_val=len(val_rows), n_dropped_too_long=n_dropped)
             run.clear_metrics("reward")
+            write_json_atomic(stage_dir / CURVE_FILE, curve)
             model.save(model_dir, tokenizer)
     elif choice.kind == "ensemble":
         model, tokenizer, n_dropped, extra = _train_ensemble(train_rows, config, model_dir)
@@ -157,6 +159,8 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
         if is_main:
             tokenizer.save_pretrained(str(model_dir))
     seconds = time.perf_counter() - started
+    if is_main and not head:  # the curve of an earlier head would describe another model
+        (stage_dir / CURVE_FILE).unlink(missing_ok=True)
 
     scorer = RewardModel(model, tokenizer, max_length=config.max_length, bf16=False, text_format=text_format)
     evaluated = [r for r in (val_rows or train_rows) if not is_tie(r)]  # with val_fraction=0: training accuracy
@@ -184,7 +188,10 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
 
 def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choice: KindChoice):
     """Embed every distinct text once, then fit the head(s) exactly (embedding_head.fit_heads)."""
+    from workbench.generation import prompt_text
     from workbench.reward.embedding_head import EmbeddingHeadRewardModel, fit_heads, head_manifest, text_features
+    from workbench.reward.label_curve import label_curve
+    from workbench.reward.listwise import ranking_weights
 
     encoder, tokenizer = load_reward_encoder(choice.backbone)
     n_heads = config.ensemble_size if choice.kind == "ensemble" else 1
@@ -200,14 +207,22 @@ def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choic
 
         fit_heads_plackett_luce(model, chosen, rejected, train_rows, config.head_l2, config.seed)
     else:  # a ranking's pairs share its weight (listwise.ranking_weights); plain pairs weigh 1
-        from workbench.reward.listwise import ranking_weights
-
         fit_heads(model, chosen, rejected, targets, config.head_l2, config.seed,
                   weights=ranking_weights(train_rows, config.ranking_weight))
     extra = {"head": head_manifest(model, config.head_l2)}
     if choice.kind == "ensemble":
         extra["ensemble_member"], extra["ensemble_size"] = "embedding-head", n_heads
-    return model, tokenizer, 0, extra  # nothing is dropped: texts are truncated (the prompt first)
+    gold = None
+    if config.oracle:
+        from workbench.oracles import gold_scores
+
+        texts = [completion_text(r[side]) for side in ("chosen", "rejected") for r in train_rows]
+        gold = torch.tensor(gold_scores(config.oracle, [prompt_text(p) for p in prompts] * 2, texts))
+    curve = label_curve(chosen, rejected, targets, config.head_l2, seed=config.seed,
+                        weights=ranking_weights(train_rows, config.ranking_weight),
+                        gold_chosen=None if gold is None else gold[: len(train_rows)],
+                        gold_rejected=None if gold is None else gold[len(train_rows) :])
+    return model, tokenizer, 0, extra, curve  # nothing is dropped: texts are truncated (the prompt first)
 
 
 def load_reward_encoder(name_or_path: str):

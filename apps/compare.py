@@ -204,7 +204,27 @@ def evaluation_report(ctx: AppContext) -> dict | None:
             "overoptimisation": plots.overoptimisation_plot(report),
             "win_rates": plots.win_rate_bars(report) if "win_rate_gold" in report else None,
             "gaming": gaming_markdown(report["gaming"]) if report.get("gaming") else "",
-            "summary": evaluation_finished(report)}
+            "summary": report_summary(report)}
+
+
+def report_summary(report: dict) -> str:
+    """What the figures below show, from eval.json; the job's finished line already gave the headline sentence,
+    so this one adds the proxy-vs-gold contrast and the KL instead of repeating it."""
+    from apps.guidance import estimate_markdown
+
+    parts = []
+    for key, who in (("win_rate_proxy", "the reward model (proxy)"), ("win_rate_gold", "the gold labeler")):
+        if report.get(key):
+            e = report[key]
+            parts.append(f"by {who} {estimate_markdown(e['value'], e['low'], e['high'], e['n'], 'prompts')}")
+    text = f"**Evaluation** on {report.get('n_prompts')} held-out prompts · tuned beats base " + "; ".join(parts) + "."
+    if report.get("kl"):
+        text += f" KL(tuned ‖ base) {report['kl']['value']:.2f} nats per reply."
+    proxy, gold = report.get("win_rate_proxy"), report.get("win_rate_gold")
+    if proxy and gold and proxy["value"] - gold["value"] > 0.15:
+        text += (" The proxy win is well above the gold one: RL learned the reward model's quirks more than the "
+                 "taste it stands for (see the over-optimisation plot and the gaming check).")
+    return text
 
 
 def new_blind_pair(ctx: AppContext, prompt=None, votes: BlindVoteStore | None = None) -> tuple[BlindPair, str, str]:

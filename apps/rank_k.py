@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from apps.context import AppContext
 from apps.handlers import InputError, check_annotator, check_choice, check_number, check_submission_id, check_text
-from apps.ranking import MAX_PAIR_ID_CHARS, _clip, side_label, typed_prompt_record
+from apps.ranking import MAX_PAIR_ID_CHARS, NO_RM_HINT, _clip, side_label, typed_prompt_record
 from workbench.data import PromptRecord
 from workbench.preferences.formats import conversation_text
 from workbench.preferences.pairs import PairConfig
@@ -294,7 +294,7 @@ def reveal_markdown(reveal: RankReveal | None, has_reward_model: bool, ranking_s
     said = "All bad" if reveal.choice == "all_bad" else "ranking"
     said = f"**{said}**" + (f" {order_text(reveal.ranks)}" if reveal.ranks is not None else "")
     if reveal.scores is None:
-        hint = "" if has_reward_model else " No reward model yet: train one in the *Reward model* tab."
+        hint = "" if has_reward_model else NO_RM_HINT
         return f"{quoted}Saved: {said}.{hint}"
     scores = " · ".join(f"{i + 1} = {score:+.2f}" for i, score in enumerate(reveal.scores))
     rm_ranks = tuple(sorted(set(reveal.scores), reverse=True).index(s) + 1 for s in reveal.scores)

@@ -315,10 +315,19 @@ def reveal_markdown(reveal: Reveal | None, has_reward_model: bool, pair: Pair | 
     quoted = "" if pair is None else (f"**Last pair** · {_clip(conversation_text(pair.prompt))}\n\n"
                                       f"> **A:** {_clip(pair.completion_a)}\n>\n> **B:** {_clip(pair.completion_b)}\n\n")
     if reveal.score_a is None:
-        hint = "" if has_reward_model else " No reward model yet: train one in the *Reward model* tab."
-        return f"{quoted}Saved: **{said}**.{hint}"
+        return f"{quoted}Saved: **{said}**.{'' if has_reward_model else NO_RM_HINT}"
     return (f"{quoted}Saved: **{said}**. Reward model: A = {reveal.score_a:+.2f}, B = {reveal.score_b:+.2f}, "
             f"P(A≻B) = {reveal.p_a:.2f}. {VERDICT_TEXT[verdict(reveal.choice, reveal.p_a)]}").rstrip()
+
+
+NO_RM_HINT = " No reward model yet: train one in the *Reward model* tab."
+RM_NOW_HINT = " A reward model is trained now: its verdict shows after your next vote."
+
+
+def refresh_reveal(text: str | None, has_reward_model: bool) -> str:
+    """A reveal on screen from before the reward model existed, with its stale hint replaced."""
+    text = text or ""
+    return text.replace(NO_RM_HINT, RM_NOW_HINT) if has_reward_model else text
 
 
 def _clip(text: str, limit: int = 240) -> str:

@@ -124,6 +124,12 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                 rank_progress(name),
                 gr.update(choices=choices, value=ctx.policy.name), gr.update(choices=choices, value=ctx.policy.name))
 
+    def on_rank_tab(typed_name, mode_now, pair_reveal, set_reveal, request: gr.Request):
+        """Back on the Rank tab (e.g. after training the RM): progress, guidance and reveals say what is true now."""
+        name, has_rm = _annotator(request, typed_name), ctx.has_reward_model()
+        line = rank_k_panel.progress_text(ctx, name) if mode_now == rank_k.MODES[1] else rank_progress(name)
+        return line, ranking.refresh_reveal(pair_reveal, has_rm), ranking.refresh_reveal(set_reveal, has_rm)
+
     def on_next(view, typed_name, active, model_a, model_b, request: gr.Request):
         if view is not None and view.pair_id is not None:  # a pair is on screen (e.g. a vote was refused)
             yield (gr.skip(),) * n_pair_outputs
@@ -293,7 +299,7 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
         gr.Markdown(f"## RLHF workbench\nRun `{ctx.root if show_paths else ctx.root.name}` · policy **{ctx.policy.name}** · reward backbone "
                     f"**{ctx.reward_backbone}**")
         with gr.Tabs():
-            with gr.Tab("Rank", id="rank"):
+            with gr.Tab("Rank", id="rank") as rank_tab:
                 view = gr.State(None)
                 with gr.Row():
                     annotator = gr.Textbox(value="annotator", label="Your name", max_length=64, scale=2,
@@ -475,6 +481,8 @@ def build_demo(run_dir: str | Path = "runs/demo", policy_name: str = DEFAULT_POL
                                 progress=progress, pair_only=[pair_column, active, model_b],
                                 pair_progress=rank_progress, guarded=_guarded, who=_annotator, light=light,
                                 decode=model)
+        rank_tab.select(_guarded(on_rank_tab), [annotator, mode, reveal, rank_panel.reveal],
+                        [progress, reveal, rank_panel.reveal], **private, **light)
         typed_go.click(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
         typed.submit(_guarded(on_typed), [typed, model_a, model_b], pair_outputs, **private, **model)
         persona_go.click(_guarded(on_top_up), [persona_name, persona_noise, persona_n, annotator],

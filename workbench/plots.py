@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
@@ -266,9 +268,15 @@ def before_after_table(rows: list[dict], limit: int = 12) -> go.Figure:
     columns = [[r["prompt"] for r in rows], [r["base"] for r in rows], [f"{r['base_proxy']:.2f}" for r in rows],
                [f"{r['base_gold']:.2f}" for r in rows], [r["tuned"] for r in rows],
                [f"{r['tuned_proxy']:.2f}" for r in rows], [f"{r['tuned_gold']:.2f}" for r in rows]]
-    figure = go.Figure(go.Table(columnwidth=[3, 5, 1, 1, 5, 1, 1], header={"values": header, "align": "left"},
-                                cells={"values": columns, "align": "left"}))
-    figure.update_layout(template=TEMPLATE, height=110 + 80 * len(rows), title="Before / after RL")
+    widths = [3, 5, 1, 1, 5, 1, 1]
+    figure = go.Figure(go.Table(columnwidth=widths, header={"values": header, "align": "left"},
+                                cells={"values": columns, "align": "left", "height": 22}))
+    # plotly grows each row to its wrapped text but not the figure: size it for a ~1,000-px wide table (a 5/17
+    # column holds ~45 characters a line at the default font) so no row hides behind the table's own scrollbar
+    lines = [max(math.ceil(len(str(column[i])) / (9 * width)) for column, width in zip(columns, widths))
+             for i in range(len(rows))]
+    figure.update_layout(template=TEMPLATE, height=140 + sum(18 * n + 8 for n in lines), title="Before / after RL",
+                         margin={"l": 10, "r": 10, "t": 50, "b": 10})
     return figure
 
 

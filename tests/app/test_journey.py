@@ -81,7 +81,9 @@ def test_a_person_closes_the_loop_in_the_page(tmp_path, tiny_policy):
         evaluated = [r for r in held_out if not is_tie(r)] if held_out else [r for r in rows if not is_tie(r)]
         assert report["n_evaluated"] == len(evaluated), \
             f"reward/eval.json: n_evaluated {report['n_evaluated']}, but {len(evaluated)} pairs were evaluated"
-        losses = [r["rm/loss"] for r in ctx.run.read_metrics("reward") if "rm/loss" in r]
+        head_curve = root / "reward" / "label_curve.json"  # head kinds: held-out loss vs labels, not vs steps
+        losses = ([r["log_loss"] for r in json.loads(head_curve.read_text())] if head_curve.exists() else
+                  [r["rm/loss"] for r in ctx.run.read_metrics("reward") if "rm/loss" in r])
         curve = [y for trace in shown["rm_loss"] for y in trace["y"]]
         assert losses and curve == losses, f"Reward model screen: loss curve {curve} vs reward metrics {losses}"
 

@@ -211,7 +211,8 @@ def test_evaluate_from_the_compare_tab_runs_as_a_job_and_fills_the_report(ctx):
     assert "On 2 held-out prompts the tuned policy beats the base" in line and "too few to tell" in line
     report = compare.evaluation_report(ctx)
     assert report["table"] is not None and report["overoptimisation"] is not None and report["win_rates"] is not None
-    assert "Gaming indicators" in report["gaming"] and report["summary"]
+    assert "Gaming indicators" in report["gaming"] and "by the reward model (proxy)" in report["summary"]
+    assert line.split("beats the base")[-1] not in report["summary"]  # the job line's sentence is not repeated
     assert exports.report_file(ctx).read_text() == (ctx.root / "rl" / "eval.json").read_text()
 
 
@@ -258,3 +259,17 @@ def test_the_reward_model_tab_shows_a_heads_learning_curve_on_the_current_labels
                                                oracle=None), ctx.root)
     loss, accuracy = training.reward_curves(ctx)
     assert not (ctx.root / "reward" / "label_curve.json").exists() and "training loss" in loss.layout.title.text
+
+
+def test_back_on_the_rank_tab_a_stale_no_reward_model_hint_is_replaced(ctx):
+    pair = _label(ctx, ["A"])[0]
+    label, reveal = ranking.submit_label(ctx, pair.pair_id, "B", "ann", "stale:B", reveal=True)
+    stale = ranking.reveal_markdown(reveal, False, pair)
+    assert ranking.NO_RM_HINT in stale
+    assert ranking.refresh_reveal(stale, False) == stale
+    fresh = ranking.refresh_reveal(stale, True)
+    assert ranking.NO_RM_HINT not in fresh and ranking.RM_NOW_HINT in fresh and pair.completion_a[:20] in fresh
+    demo = build_demo(context=ctx)
+    rank_tab = next(b for b in demo.blocks.values() if getattr(b, "id", None) == "rank" or getattr(b, "label", None) == "Rank")
+    selects = [d for d in demo.config["dependencies"] if [rank_tab._id, "select"] in [list(t) for t in d["targets"]]]
+    assert len(selects) == 1  # selecting the tab refreshes its progress line and both reveals

@@ -61,6 +61,7 @@ def test_notebook_has_smoke_parameters_cell(path: Path):
     tagged = [cell for cell in nb.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: needs exactly one code cell tagged 'parameters'"
     assert "WORKBENCH_SMOKE" in tagged[0].source, f"{path.name}: the parameters cell must read WORKBENCH_SMOKE"
+    assert "WORKBENCH_QUICK" in tagged[0].source, f"{path.name}: the parameters cell must offer the quick look"
 
 
 def test_every_notebook_is_executed_by_a_test():

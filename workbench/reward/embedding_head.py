@@ -14,6 +14,10 @@ Gaussian prior on w):
     loss(w) = -sum_i [ t_i log sigmoid(w . d_i) + (1 - t_i) log sigmoid(-w . d_i) ] + l2 / 2 * |w|^2
     d_i = phi(chosen_i) - phi(rejected_i),  t_i = 1 for a preference and 0.5 for a tie (half a win each side)
 
+The default prior is strong (l2 = 1e4: on real shaped pairs a weak one overfits and loses accuracy as labels grow),
+which shrinks every margin toward 0; the head is then rescaled, w <- s w, with s fitted on out-of-fold margins
+(`platt_scale`), so P(A > B) = sigmoid(r_A - r_B) is calibrated on pairs the head did not see.
+
 Why not TRL's RewardTrainer here: with a frozen encoder this is a tiny convex problem. The Trainer would re-run
 the encoder on every pair every epoch; we embed each text once and solve the head exactly with Newton's method
 (~10 steps), whose final Hessian H = sum_i p_i (1 - p_i) d_i d_i^T + l2 I is also the Laplace posterior
@@ -194,13 +198,50 @@ def block_scale(texts: torch.Tensor, hidden: int) -> torch.Tensor:
     return scale
 
 
+def platt_scale(margins: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                steps: int = 30) -> float:
+    """s maximising the BT likelihood of s * margins (Platt 1999, one parameter, no bias: r_A - r_B has no side).
+    Newton on a 1-D concave problem; s >= 0 (a head whose margins anti-predict held-out labels gets s = 0+)."""
+    m, t = margins.double(), targets.double()
+    w = torch.ones_like(m) if weights is None else weights.double()
+    s = 1.0
+    for _ in range(steps):
+        p = torch.sigmoid(s * m)
+        gradient, curvature = float((w * (t - p) * m).sum()), float((w * p * (1 - p) * m * m).sum())
+        if curvature <= 1e-12:
+            break
+        s = max(s + gradient / curvature, 1e-6)
+    return s
+
+
+def cross_validated_margins(diffs: torch.Tensor, targets: torch.Tensor, l2: float, weights: torch.Tensor | None = None,
+                            folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """Out-of-fold margins (N,) of the BT head: each pair scored by a head fitted on the other folds."""
+    n = len(targets)
+    fold_of = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % folds
+    margins = torch.zeros(n, dtype=torch.float64)
+    for fold in range(folds):
+        held, train = fold_of == fold, fold_of != fold
+        w, _ = fit_bradley_terry(diffs[train], targets[train], l2, weights=None if weights is None else weights[train])
+        margins[held] = diffs[held].double() @ w
+    return margins
+
+
+MIN_PAIRS_TO_CALIBRATE = 10  # below this, out-of-fold margins are too few to fit a scale: s = 1
+
+
 def fit_heads(model: EmbeddingHeadRewardModel, chosen: torch.Tensor, rejected: torch.Tensor, targets: torch.Tensor,
               l2: float, seed: int = 0, weights: torch.Tensor | None = None) -> None:
     """Fit the model's standardisation and heads on raw features (N, D) of the two sides. Head 0 sees every pair;
-    with K > 1 heads, heads 1.. see bootstrap resamples of the pairs (bagging: their spread is the uncertainty)."""
+    with K > 1 heads, heads 1.. see bootstrap resamples of the pairs (bagging: their spread is the uncertainty).
+    A strong prior (large l2) picks the direction; `platt_scale` on 5-fold out-of-fold margins then sets the
+    heads' scale, so P(A > B) is calibrated on pairs the head did not see (docs/reward_models.md)."""
     texts = torch.cat([chosen, rejected])
     mean, scale = texts.mean(0), block_scale(texts, model.encoder.config.hidden_size)
     diffs = (chosen - rejected) / scale  # the mean cancels in a difference
+    s = 1.0
+    if len(diffs) >= MIN_PAIRS_TO_CALIBRATE:
+        s = platt_scale(cross_validated_margins(diffs, targets, l2, weights, seed=seed), targets, weights)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         model.feature_mean.copy_(mean), model.feature_scale.copy_(scale)
@@ -208,10 +249,11 @@ def fit_heads(model: EmbeddingHeadRewardModel, chosen: torch.Tensor, rejected: t
             index = torch.arange(len(diffs)) if k == 0 else torch.randint(len(diffs), (len(diffs),), generator=generator)
             w, cov = fit_bradley_terry(diffs[index], targets[index], l2,
                                        weights=None if weights is None else weights[index])
+            w = s * w  # r = s * w . phi: the calibrated head
             model.heads.weight[k] = w.float()
             model.heads.bias[k] = -float((((texts - mean) / scale).double() @ w).mean())  # centred on training texts
             if k == 0:
-                model.posterior_cov.copy_(cov.float())
+                model.posterior_cov.copy_((s * s * cov).float())  # Var[s w . d] = s^2 d^T H^-1 d
 
 
 def pair_posterior(model: EmbeddingHeadRewardModel, features_a: torch.Tensor,

@@ -13,7 +13,7 @@ import random
 
 import torch
 
-from workbench.reward.embedding_head import block_scale, fit_bradley_terry
+from workbench.reward.embedding_head import block_scale, fit_bradley_terry, platt_scale
 
 CURVE_FILE = "label_curve.json"  # in <run>/reward/, next to eval.json
 
@@ -68,7 +68,7 @@ def label_curve(chosen: torch.Tensor, rejected: torch.Tensor, targets: torch.Ten
             train_counted += int(decided.sum())
         decided = targets != 0.5
         hits = float((margins[decided] > 0).sum())
-        p = torch.sigmoid(margins).clamp(1e-6, 1 - 1e-6)
+        p = torch.sigmoid(platt_scale(margins, targets, weights) * margins).clamp(1e-6, 1 - 1e-6)  # as fit_heads
         t = targets.double()
         log_loss = float(-(t * p.log() + (1 - t) * (1 - p).log()).mean())
         low, high = wilson_interval(hits, int(decided.sum()))

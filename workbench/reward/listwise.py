@@ -114,19 +114,25 @@ def fit_heads_plackett_luce(model, chosen: torch.Tensor, rejected: torch.Tensor,
                             seed: int = 0) -> None:
     """`embedding_head.fit_heads` with the Plackett-Luce loss: the same standardisation and centring; head 0 sees
     every ranking, heads 1.. bootstrap resamples of the rankings (bagging)."""
-    from workbench.reward.embedding_head import block_scale
+    from workbench.reward.embedding_head import block_scale, platt_scale
 
     texts = torch.cat([chosen, rejected])  # (2N, D): group indices point into this stack
     mean, scale = texts.mean(0), block_scale(texts, model.encoder.config.hidden_size)
     standardised = (texts - mean) / scale
     groups = ranking_groups(rows)
     generator = torch.Generator().manual_seed(seed)
+    targets = torch.tensor([0.5 if row.get("choice") == "tie" else 1.0 for row in rows])
+    s = None
     with torch.no_grad():
         model.feature_mean.copy_(mean), model.feature_scale.copy_(scale)
         for k in range(model.n_heads):
             picked = groups if k == 0 else [groups[int(i)] for i in torch.randint(len(groups), (len(groups),),
                                                                                  generator=generator)]
             w, cov = fit_plackett_luce(standardised, picked, l2)
+            if s is None:  # scale from head 0's margins on the training pairs (in-sample: PL refits per fold cost more)
+                s = platt_scale(((chosen - rejected) / scale).double() @ w, targets)
+            w = s * w
+            cov = s * s * cov
             model.heads.weight[k] = w.float()
             model.heads.bias[k] = -float((standardised.double() @ w).mean())  # centred on the training texts
             if k == 0:

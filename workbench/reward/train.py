@@ -50,7 +50,7 @@ class RewardModelConfig:
     logging_steps: int = 5
     oracle: str | None = "helpful-upbeat-concise"  # gold labeler for the gold accuracy; None to skip
     resume: bool = False  # continue from the last complete checkpoint in <out>/reward/checkpoints
-    head_l2: float = 10.0  # embedding head's L2 (prior precision) on block-scaled features; 1-100 alike on synthetic
+    head_l2: float = 1e4  # embedding head's prior precision: strong, then Platt-scaled (docs/reward_models.md, "Head L2")
     ensemble_size: int = 5  # K members of the ensemble kind
     ensemble_member: str = "embedding-head"  # kind of each member: embedding-head (shared encoder) or fine-tuned
     ranking_weight: str = "per-ranking"  # a ranking's pairs weigh 1/C(K,2) each, as InstructGPT (listwise.py)

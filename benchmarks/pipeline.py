@@ -211,8 +211,12 @@ def main() -> dict:
             del result["goals"][key]
         result["goals"]["ppo_step_time_le_1.5x_rloo"] = steps["ratio"] <= 1.5
         result["goals"]["ppo_step_time_per_length_token_le_1.5x_rloo"] = steps["ratio_per_length_token"] <= 1.5
-        if args.compare_with:
-            rloo = json.loads(Path(args.compare_with).read_text().strip().splitlines()[-1])
+        compare_text = Path(args.compare_with).read_text().strip() if args.compare_with and \
+            Path(args.compare_with).exists() else ""
+        if args.compare_with and not compare_text:  # e.g. the RLOO run is still going: keep this run's line
+            print(f"[pipeline] {args.compare_with} holds no JSON line yet: no RLOO comparison.", file=sys.stderr)
+        if compare_text:
+            rloo = json.loads(compare_text.splitlines()[-1])
             result["rloo"] = {"gold_win_rate": rloo["gold_win_rate"], "kl": rloo["kl"],
                               "rl_step_seconds": rloo["rl_step_seconds"]["workbench"]}
             result["ppo_step_over_workbench_rloo_step"] = round(

@@ -202,7 +202,8 @@ def main() -> dict:
             "every_seed_gold_win_ci_above_0.5": all(w["low"] > 0.5 for w in wins),
             "step_time_ratio_le_1": steps["ratio"] <= 1.0,
             "step_time_per_length_token_ratio_le_1": steps["ratio_per_length_token"] <= 1.0,
-            "tuned_task_fail_lt_0.10": all((row["task_fail_share"].get("tuned") or 1.0) < 0.10 for row in per_seed),
+            "tuned_task_fail_lt_0.10": all(row["task_fail_share"].get("tuned") is not None  # 0.0 is a pass
+                                           and row["task_fail_share"]["tuned"] < 0.10 for row in per_seed),
             "top_stock_phrase_in_lt_0.10_of_tuned": all(row["top_phrase_share"] < 0.10 for row in per_seed),
         },
     }

@@ -51,7 +51,10 @@ def label_curve(chosen: torch.Tensor, rejected: torch.Tensor, targets: torch.Ten
     fold_of[order] = torch.arange(n) % folds
     hidden = (chosen.shape[1] - 2) // 2  # features: [e(reply), e(prompt) * e(reply), log(1+n), log(1+n)^2]
     weights = torch.ones(n) if weights is None else weights
-    has_gold = gold_chosen is not None and gold_rejected is not None
+    decided, t = targets != 0.5, targets.double()  # accuracy counts the non-tie pairs
+    n_decided = int(decided.sum())
+    gold_diff = None if gold_chosen is None or gold_rejected is None else gold_chosen - gold_rejected
+    known = None if gold_diff is None else gold_diff != 0  # pairs the gold orders
     rows = []
     for size in size_ladder(n - math.ceil(n / folds)):
         margins, train_hits, train_counted = torch.zeros(n, dtype=torch.float64), 0.0, 0
@@ -60,24 +63,20 @@ def label_curve(chosen: torch.Tensor, rejected: torch.Tensor, targets: torch.Ten
             train = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + size))[:size]]
             scale = block_scale(torch.cat([chosen[train], rejected[train]]), hidden)
             diffs = (chosen - rejected) / scale
-            w, _ = fit_bradley_terry(diffs[train], targets[train].double(), l2, weights=weights[train])
+            w, _ = fit_bradley_terry(diffs[train], t[train], l2, weights=weights[train])
             margins[held] = diffs[held].double() @ w  # r(chosen) - r(rejected) up to the cancelled bias
             fitted = (diffs[train].double() @ w > 0).double()
-            decided = targets[train] != 0.5
-            train_hits += float((fitted[decided] == targets[train][decided].double()).sum())
-            train_counted += int(decided.sum())
-        decided = targets != 0.5
+            train_decided = decided[train]
+            train_hits += float((fitted[train_decided] == t[train][train_decided]).sum())
+            train_counted += int(train_decided.sum())
         hits = float((margins[decided] > 0).sum())
         p = torch.sigmoid(platt_scale(margins, targets, weights) * margins).clamp(1e-6, 1 - 1e-6)  # as fit_heads
-        t = targets.double()
         log_loss = float(-(t * p.log() + (1 - t) * (1 - p).log()).mean())
-        low, high = wilson_interval(hits, int(decided.sum()))
-        row = {"n_labels": size, "accuracy": round(hits / max(int(decided.sum()), 1), 4), "low": round(low, 4),
-               "high": round(high, 4), "n_evaluated": int(decided.sum()), "log_loss": round(log_loss, 4),
+        low, high = wilson_interval(hits, n_decided)
+        row = {"n_labels": size, "accuracy": round(hits / max(n_decided, 1), 4), "low": round(low, 4),
+               "high": round(high, 4), "n_evaluated": n_decided, "log_loss": round(log_loss, 4),
                "train_accuracy": round(train_hits / max(train_counted, 1), 4)}
-        if has_gold:  # agreement of the held-out margins with the gold labeler's order of the same two texts
-            gold_diff = gold_chosen - gold_rejected
-            known = gold_diff != 0
+        if gold_diff is not None:  # agreement of the held-out margins with the gold labeler's order of the same two texts
             gold_hits = float(((margins[known] > 0) == (gold_diff[known] > 0)).sum())
             g_low, g_high = wilson_interval(gold_hits, int(known.sum()))
             row.update(gold_accuracy=round(gold_hits / max(int(known.sum()), 1), 4), gold_low=round(g_low, 4),

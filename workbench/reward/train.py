@@ -136,7 +136,7 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     num_processes, is_main = process_info()  # under `accelerate launch`, only the main process writes run files
     model_dir = stage_dir / "model"
     started = time.perf_counter()
-    if choice.kind == "embedding-head" or (choice.kind == "ensemble" and config.ensemble_member == "embedding-head"):
+    if head:
         model, tokenizer, n_dropped, extra, curve = _fit_embedding_head(train_rows, config, choice)
         text_format = COMPLETION_FIRST
         if is_main:
@@ -202,13 +202,13 @@ def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choic
     rejected = text_features(model, tokenizer, prompts, [completion_text(r["rejected"]) for r in train_rows],
                              config.max_length)
     targets = torch.tensor([0.5 if is_tie(r) else 1.0 for r in train_rows])
+    weights = ranking_weights(train_rows, config.ranking_weight)
     if config.ranking_loss == "plackett-luce":  # listwise: each ranking one likelihood term (listwise.py)
         from workbench.reward.listwise import fit_heads_plackett_luce
 
         fit_heads_plackett_luce(model, chosen, rejected, train_rows, config.head_l2, config.seed)
     else:  # a ranking's pairs share its weight (listwise.ranking_weights); plain pairs weigh 1
-        fit_heads(model, chosen, rejected, targets, config.head_l2, config.seed,
-                  weights=ranking_weights(train_rows, config.ranking_weight))
+        fit_heads(model, chosen, rejected, targets, config.head_l2, config.seed, weights=weights)
     extra = {"head": head_manifest(model, config.head_l2)}
     if choice.kind == "ensemble":
         extra["ensemble_member"], extra["ensemble_size"] = "embedding-head", n_heads
@@ -218,8 +218,7 @@ def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choic
 
         texts = [completion_text(r[side]) for side in ("chosen", "rejected") for r in train_rows]
         gold = torch.tensor(gold_scores(config.oracle, [prompt_text(p) for p in prompts] * 2, texts))
-    curve = label_curve(chosen, rejected, targets, config.head_l2, seed=config.seed,
-                        weights=ranking_weights(train_rows, config.ranking_weight),
+    curve = label_curve(chosen, rejected, targets, config.head_l2, seed=config.seed, weights=weights,
                         gold_chosen=None if gold is None else gold[: len(train_rows)],
                         gold_rejected=None if gold is None else gold[len(train_rows) :])
     return model, tokenizer, 0, extra, curve  # nothing is dropped: texts are truncated (the prompt first)

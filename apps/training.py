@@ -216,7 +216,7 @@ def rl_trust(ctx: AppContext, lora: bool) -> tuple[float | None, str]:
     """The pipeline's trust rule for the app: an RM whose validation accuracy's 95 % CI reaches chance gets RL at
     `weak_rm_lr_scale` x the learning rate. Returns (learning rate or None for the default, a sentence)."""
     from workbench.evaluation.metrics import Estimate
-    from workbench.pipeline import reward_model_trust
+    from workbench.pipeline import reward_model_trust, trust_lr_scale
     from workbench.rl.config import RLConfig
 
     try:
@@ -225,10 +225,10 @@ def rl_trust(ctx: AppContext, lora: bool) -> tuple[float | None, str]:
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None, ""
     trust = reward_model_trust(accuracy)
-    if trust["trusted"]:
+    scale = trust_lr_scale(trust)
+    if scale == 1.0:
         return None, ""
     default = RLConfig.lora_learning_rate if lora else RLConfig.learning_rate
-    scale = PipelinePreset.weak_rm_lr_scale
     return default * scale, f" {trust['why']} RL therefore runs at {scale:g}x its learning rate ({default * scale:g})."
 
 

@@ -120,8 +120,13 @@ def rl_config(preset: PipelinePreset, reward_dir: str | Path, learning_rate: flo
                     bf16=preset.bf16, shaping=preset.shaping)
 
 
+def trust_lr_scale(trust: dict, weak_rm_lr_scale: float = PipelinePreset.weak_rm_lr_scale) -> float:
+    """The factor on RL's learning rate for an RM judged by `reward_model_trust` (the pipeline and the app)."""
+    return 1.0 if trust["trusted"] else weak_rm_lr_scale
+
+
 def rl_learning_rate(preset: PipelinePreset, trust: dict) -> float:
-    return preset.learning_rate * (1.0 if trust["trusted"] else preset.weak_rm_lr_scale)
+    return preset.learning_rate * trust_lr_scale(trust, preset.weak_rm_lr_scale)
 
 
 def evaluate_config(preset: PipelinePreset, policy_dir: str | Path, reward_dir: str | Path, base: str | None = None):

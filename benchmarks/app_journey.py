@@ -101,7 +101,7 @@ def journey(url: str, ctx, args, playwright) -> dict:
 
     mark = time.perf_counter()
     outcomes, identical = [], 0
-    while len(outcomes) < args.blind:
+    while len(outcomes) < args.blind and identical < 3 * args.blind:  # a policy that never moved draws only identical pairs
         before = _text(page, "#blind-shown-prompt")
         page.locator("#blind-go").click()
         page.wait_for_function("(b) => (document.querySelector('#blind-shown-prompt')?.innerText || '') !== b",
@@ -137,7 +137,7 @@ def journey(url: str, ctx, args, playwright) -> dict:
 def main(argv: list[str]) -> None:
     from playwright.sync_api import sync_playwright
 
-    from apps.context import AppContext
+    from apps.context import DEFAULT_POLICY, DEFAULT_REWARD_BACKBONE, AppContext
     from apps.workbench_app import build_demo, serve
     from tests.app.conftest import free_port
     from workbench.models import cpu_has_native_bf16
@@ -147,8 +147,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--hand", type=int, default=60, help="labels clicked by the persona in the Rank tab")
     parser.add_argument("--blind", type=int, default=20, help="blind votes")
     parser.add_argument("--oracle", default="helpful-upbeat-concise", help="the persona's gold labeler")
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help="a check of the script itself: tiny-random-llama")
+    parser.add_argument("--reward-backbone", default=DEFAULT_REWARD_BACKBONE)
     args = parser.parse_args(argv)
-    context = AppContext.open(args.run or Path(tempfile.mkdtemp()) / "run")
+    context = AppContext.open(args.run or Path(tempfile.mkdtemp()) / "run", args.policy, args.reward_backbone)
     demo = build_demo(context=context)
     port = free_port()
     serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)

@@ -183,20 +183,27 @@ PPO_PANELS = (("value_loss", "value loss"), ("explained_variance", "explained va
               ("kl_coef", "KL coefficient beta"))
 
 
+RL_PANEL_COLUMNS = 3
+
+
 def rl_curves(rows: list[dict], algo: str = "rloo", title: str = "", panels=RL_PANELS) -> go.Figure:
     """The live RL dashboard: one panel per metric against the optimiser step (rows from RunDir.read_metrics);
     `panels=PPO_PANELS` for PPO's value-model and update curves."""
     from plotly.subplots import make_subplots
 
     panels = [(key, label) for key, label in panels if any(f"{algo}/{key}" in r for r in rows)]
-    figure = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[label for _, label in panels])
-    for col, (key, label) in enumerate(panels, start=1):
+    cols = min(max(len(panels), 1), RL_PANEL_COLUMNS)  # a grid, so five panels fit a laptop screen or a notebook
+    n_rows = max(math.ceil(len(panels) / cols), 1)
+    figure = make_subplots(rows=n_rows, cols=cols, subplot_titles=[label for _, label in panels],
+                           vertical_spacing=0.5 / n_rows if n_rows > 1 else 0.3)
+    for index, (key, label) in enumerate(panels):
+        row, col = index // cols + 1, index % cols + 1
         points = [(r["step"], r[f"{algo}/{key}"]) for r in rows if r.get(f"{algo}/{key}") is not None]
         xs, ys = zip(*points) if points else ((), ())
-        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, showlegend=False), row=1, col=col)
-        figure.update_xaxes(title_text="step", row=1, col=col)
-    figure.update_layout(template=TEMPLATE, title=title or f"{algo.upper()} training", height=330,
-                         width=max(320 * len(panels), 640))
+        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label, showlegend=False), row=row, col=col)
+        figure.update_xaxes(title_text="step", row=row, col=col)
+    figure.update_layout(template=TEMPLATE, title=title or f"{algo.upper()} training", height=60 + 270 * n_rows,
+                         margin={"l": 50, "r": 20, "t": 80, "b": 40})
     return figure
 
 
@@ -236,13 +243,18 @@ def overoptimisation_plot(report: dict, metric: str = "gold", title: str = "") -
         figure.add_trace(go.Scatter(x=[p["sqrt_kl"] for p in points], y=[p[metric] - start for p in points],
                                     mode="markers", marker_symbol="diamond", marker_size=10, name="RL checkpoints",
                                     text=[p["name"] for p in points]))
-    xmax = max([r["sqrt_kl"] for r in bon] + [p["sqrt_kl"] for p in points] + [0.1]) * 1.15
-    grid = np.linspace(1e-3, xmax, 100)
-    for key, label in ((f"bon_{metric}", "best-of-n fit d(a - b d)"), (f"rl_{metric}", "RL fit d(a - b ln d)")):
+    for key, label, measured in ((f"bon_{metric}", "best-of-n fit d(a - b d)", bon),
+                                 (f"rl_{metric}", "RL fit d(a - b ln d)", points)):
         fit = report.get("fits", {}).get(key)
-        if fit:
-            figure.add_trace(go.Scatter(x=grid, y=overoptimisation_curve(fit, grid), mode="lines", name=label,
-                                        line={"dash": "dot"}))
+        if not fit or not measured:
+            continue
+        if fit["beta"] < 0:  # a curve bending upwards is no over-optimisation law: name it, draw nothing
+            figure.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line={"dash": "dot"},
+                                        name=f"{label}: not drawn (b = {fit['beta']:.2f} < 0 bends upwards)"))
+            continue
+        grid = np.linspace(1e-3, max(r["sqrt_kl"] for r in measured), 100)  # never beyond the points it fits
+        figure.add_trace(go.Scatter(x=grid, y=overoptimisation_curve(fit, grid), mode="lines", name=label,
+                                    line={"dash": "dot"}))
     figure.update_layout(template=TEMPLATE, height=400, xaxis_title="sqrt(KL) from the base policy (nats^0.5)",
                          yaxis_title=f"{metric} reward gain over the base",
                          title=title or f"{metric.capitalize()} reward vs KL: best-of-n and RL")

@@ -36,8 +36,8 @@ from workbench.runs import RunDir, write_json_atomic
 class RewardModelConfig:
     kind: str = "auto"  # embedding-head | minilm-l6 | policy | ensemble | auto (by label count, kinds.py)
     backbone: str | None = None  # None: the kind's own (kinds.DEFAULT_BACKBONE); e.g. "tiny-random-llama" in tests
-    epochs: float = 1.0  # one pass: MiniLM memorises 400 noisy pairs in 3 (training accuracy up to 1.00)
-    learning_rate: float = 1e-4  # measured on 400 pairs, 3 seeds: gold 0.67-0.69 (3 epochs at 3e-4: 0.61-0.70)
+    epochs: float = 1.0  # fine-tuned kinds: one pass, MiniLM memorises noisy labels in three (docs/design.md)
+    learning_rate: float = 1e-4  # fine-tuned kinds (docs/design.md, "Reward-model defaults")
     batch_size: int = 16  # pairs per step
     max_length: int = 256  # tokens of prompt + completion; longer pairs are dropped and counted
     val_fraction: float = 0.2  # held-out share, chosen by a hash of the pair's texts (stable across runs)

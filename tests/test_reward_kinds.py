@@ -45,6 +45,8 @@ def test_each_kind_trains_saves_and_scores(kind, extra, tmp_path):
     rm = RewardModel.load(result.model_dir, bf16=False)
     scores = rm.score(["Tell me about place 1."] * 2, [UPBEAT[0], GLOOMY[0]])
     assert all(isinstance(s, float) and s == s for s in scores)
+    bf16 = RewardModel.load(result.model_dir, bf16=True)  # what every AVX512-BF16 CPU and bf16 GPU loads
+    assert bf16.score(["Tell me about place 1."] * 2, [UPBEAT[0], GLOOMY[0]]) == pytest.approx(scores, rel=0.1, abs=0.05)
     members = rm.member_scores(["Tell me."], [UPBEAT[1]])
     assert len(members[0]) == (extra.get("ensemble_size", 1) if kind == "ensemble" else 1)
     assert json.loads((tmp_path / "reward" / "eval.json").read_text())["kind"] == kind
@@ -59,6 +61,8 @@ def test_embedding_head_learns_and_reloads_identically(head_rm):
     assert curve[-1]["accuracy"] >= 0.8 and curve[-1]["gold_accuracy"] >= 0.8  # sentiment: labels = gold
     rm = RewardModel.load(head_rm.model_dir, bf16=False)
     assert rm.prob_a_over_b(["x"], [UPBEAT[2]], [GLOOMY[2]])[0] > 0.8
+    bf16 = RewardModel.load(head_rm.model_dir, bf16=True)  # the encoder in bf16, the fitted head still fp32
+    assert bf16.model.heads.weight.dtype == torch.float32 and bf16.prob_a_over_b(["x"], [UPBEAT[2]], [GLOOMY[2]])[0] > 0.8
     again = RewardModel.load(head_rm.model_dir, bf16=False)
     texts = [UPBEAT[3], GLOOMY[3]]
     assert rm.score(["p", "p"], texts) == again.score(["p", "p"], texts)

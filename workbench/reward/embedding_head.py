@@ -95,6 +95,11 @@ class EmbeddingHeadRewardModel(nn.Module):
         n = torch.log1p(torch.tensor([float(len(r)) for r in replies], device=e_reply.device))[:, None]  # (B, 1)
         return torch.cat([e_reply, e_prompt * e_reply, n, n * n], dim=1)
 
+    def to_inference_dtype(self, dtype: torch.dtype) -> "EmbeddingHeadRewardModel":
+        """Cast the frozen encoder only: its embeddings are read back in fp32 (`_embed`), the head stays fp32."""
+        self.encoder.to(dtype)
+        return self
+
     def head_scores(self, features: torch.Tensor) -> torch.Tensor:
         """Raw features (B, D) -> each head's reward (B, K)."""
         return self.heads((features - self.feature_mean) / self.feature_scale)

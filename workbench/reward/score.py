@@ -65,7 +65,9 @@ class RewardModel:
         reward_model = cls(model, tokenizer, max_length=manifest.get("max_length", 256), bf16=bf16,
                            text_format=manifest["text_format"])
         if reward_model.bf16 and next(model.parameters()).device.type == "cpu":
-            model.to(torch.bfloat16)  # our own copy: bf16 weights, cast once (autocast re-casts them every call)
+            # our own copy: bf16 weights, cast once (autocast re-casts them every call); a head kind casts only its
+            # frozen encoder, its fitted head stays fp32 (score gaps of a few hundredths are below bf16's resolution)
+            getattr(model, "to_inference_dtype", model.to)(torch.bfloat16)
         return reward_model
 
     def score(self, prompts: list[Prompt], completions: list[str], batch_size: int = 32) -> list[float]:

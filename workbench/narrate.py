@@ -113,14 +113,14 @@ def ranking_sentence(texts: list[str], proxy: list[float], gold: list[float]) ->
 def rl_sentence(rows: list[dict], algo: str) -> str:
     """What an RL run's proxy reward, gold reward and cut-off share did (rows from RunDir.read_metrics)."""
     series = {key: [r[f"{algo}/{key}"] for r in rows if r.get(f"{algo}/{key}") is not None]
-              for key in ("reward", "rewards/gold/mean", "completions/clipped_ratio")}
+              for key in ("reward", "rewards/gold/mean", "rewards/eos_penalty/mean")}
     if len(series["reward"]) < 3:
         return f"{len(series['reward'])} logged step(s): too few to read a trend."
     parts = [describe_change(series["reward"], "the reward the optimiser saw (proxy + EOS penalty)")]
     if series["rewards/gold/mean"]:
         parts.append(describe_change(series["rewards/gold/mean"], "the gold reward of its samples"))
-    if series["completions/clipped_ratio"]:
-        parts.append(describe_change(series["completions/clipped_ratio"], "the share cut off at the token budget", 2))
+    if series["rewards/eos_penalty/mean"]:  # TRL's clipped_ratio counts replies stopped at a sentence end as cut off
+        parts.append(describe_change(series["rewards/eos_penalty/mean"], "the EOS penalty (0 when every reply ends)", 2))
     text = f"Over {len(series['reward'])} steps, " + "; ".join(parts) + "."
     proxy = change(series["reward"])[2]
     gold = change(series["rewards/gold/mean"])[2] if series["rewards/gold/mean"] else None

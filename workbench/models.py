@@ -297,13 +297,29 @@ def _parse_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     return table[dtype]
 
 
+@contextlib.contextmanager
+def no_loading_bar():
+    """transformers 5 draws a "Loading weights" bar for every model it loads: in a notebook or a job log that is
+    noise about the library, not the run (training and sampling bars are not affected)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):
     quiet_expected_warnings()  # every trainer loads its tokenizer or model through here before TRL's config
     kwargs.update(trust_remote_code=False, use_safetensors=None)
     if resolved.source == "hub" and hub_offline():
         kwargs["local_files_only"] = True
     try:
-        return auto_cls.from_pretrained(resolved.path, **kwargs)
+        with no_loading_bar():
+            return auto_cls.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as error:
         hint = " The Hub is offline (HF_HUB_OFFLINE=1), so only the local HF cache was searched." if hub_offline() else ""
         raise ModelNotFoundError(

@@ -228,10 +228,11 @@ def load_reward_encoder(name_or_path: str):
     """The frozen sentence encoder (no classification head) and its tokenizer, for the embedding head."""
     from transformers import AutoModel
 
-    from workbench.models import load_tokenizer, resolve_model
+    from workbench.models import load_tokenizer, no_loading_bar, resolve_model
 
     tokenizer = load_tokenizer(name_or_path)
-    encoder = AutoModel.from_pretrained(resolve_model(name_or_path).path, trust_remote_code=False)
+    with no_loading_bar():
+        encoder = AutoModel.from_pretrained(resolve_model(name_or_path).path, trust_remote_code=False)
     return encoder.eval(), tokenizer
 
 

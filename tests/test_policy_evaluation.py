@@ -146,6 +146,8 @@ def test_pipeline_smoke_runs_every_stage_and_reports(tmp_path):
     assert set(headline["seconds"]) == {"labels", "reward_model", "rl", "evaluate", "total"}
     report = json.loads((out / "rl" / "eval.json").read_text())
     assert [row["n"] for row in report["best_of_n"]] == [1, 2, 4]
+    # the report says how best-of-n was sized, and with which sampler
+    assert report["config"]["bon_prompts"] == 2 and report["config"]["bon_max_n"] == 4 and "temperature" in report["config"]
     assert report["rl_points"][0]["name"] == "base" and report["rl_points"][-1]["name"] == "final"
     assert any(p["name"].startswith("checkpoint-") for p in report["rl_points"])  # save_steps=1 in the smoke preset
     assert len(report["table"]) == 4 and {"base", "tuned", "base_gold", "tuned_proxy"} <= set(report["table"][0])

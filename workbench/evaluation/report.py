@@ -92,7 +92,8 @@ def evaluate_run(config: EvaluateConfig, out: str | Path | None = None, show_pro
     result = evaluate_policies(base, tuned, tokenizer, rm, eval_config, heldout)
     summary = result["summary"]
     first = result["tuned_samples"][0]
-    report = {"config": asdict(config), **summary, "table": result["table"],
+    # the evaluation's own settings (bon_prompts, bon_max_n, paths) next to the sampler's, which summary["config"] holds
+    report = {**summary, "config": {**asdict(config), **summary.get("config", {})}, "table": result["table"],
               "token_logratios": {"prompt": first["prompt"],
                                   "tokens": token_logratios(tuned, base, tokenizer, first["prompt"], first["token_ids"],
                                                             config.temperature, config.shaping.active_system_prompt)}}

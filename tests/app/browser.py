@@ -1,7 +1,8 @@
 """A person's journeys through the app in Debian's Chromium (driven by Playwright), shared by the browser tests and
 the screenshot command. Regenerate docs/screenshots/*.png (one per tab, after the whole loop has run) with:
 
-    OMP_NUM_THREADS=1 python -m tests.app.browser docs/screenshots --policy smollm2-135m-instruct
+    OMP_NUM_THREADS=1 python -m tests.app.browser docs/screenshots --policy smollm2-135m-instruct \
+        --persona-pairs 60 --rl-steps 4 --eval-prompts 16
 
 (default policy: tiny-random-llama, a smoke run in a few minutes; `--help` lists the sizes of the run.)
 Never `playwright install`: the browser is the system's /usr/bin/chromium (`apt-get install -y chromium`).
@@ -296,9 +297,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("out", type=Path, help="folder for the screenshots, e.g. docs/screenshots")
     parser.add_argument("--policy", default="tiny-random-llama",
                         help="policy the app loads (default tiny-random-llama; docs use smollm2-135m-instruct)")
-    parser.add_argument("--reward-backbone", help="reward model backbone (default: the policy, fine-tuned as the "
-                                                  "RM so the tab has training curves; the app's own default, "
-                                                  f"{DEFAULT_REWARD_BACKBONE}, fits an embedding head, which has none)")
+    parser.add_argument("--reward-backbone", default=DEFAULT_REWARD_BACKBONE,
+                        help=f"reward model backbone (default {DEFAULT_REWARD_BACKBONE}, the app's: an embedding head "
+                             "and its learning curve on the labels; the policy's name fine-tunes it instead)")
     parser.add_argument("--run", type=Path, help="a new run directory to keep (default: a fresh temporary one)")
     parser.add_argument("--persona-pairs", type=int, default=LoopSize.persona_pairs)
     parser.add_argument("--rl-steps", type=int, default=LoopSize.rl_steps)
@@ -306,8 +307,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     size = LoopSize(persona_pairs=args.persona_pairs, rl_steps=args.rl_steps, eval_prompts=args.eval_prompts)
     torch.set_num_threads(APP_TORCH_THREADS)
-    context = AppContext.open(args.run or Path(tempfile.mkdtemp()) / "run", args.policy,
-                              args.reward_backbone or args.policy)
+    context = AppContext.open(args.run or Path(tempfile.mkdtemp()) / "run", args.policy, args.reward_backbone)
     demo = build_demo(context=context)
     port = free_port()
     serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)

@@ -302,19 +302,19 @@ def no_library_bars():
     """transformers 5 and datasets draw a bar for every model loaded or saved and every dataset mapped ("Loading
     weights", "Writing model shards", "Tokenizing train dataset"): in a notebook or a job log that is noise about the
     libraries, not the run. The training bar and the workbench's own sampling bars are not affected."""
-    from datasets.utils.tqdm import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+    from datasets.utils import tqdm as datasets_tqdm
     from transformers.utils import logging as hf_logging
 
-    transformers_on, datasets_on = hf_logging.is_progress_bar_enabled(), is_progress_bar_enabled()
+    transformers_on, datasets_on = hf_logging.is_progress_bar_enabled(), datasets_tqdm.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    disable_progress_bars()
+    datasets_tqdm.disable_progress_bars()
     try:
         yield
     finally:
         if transformers_on:
             hf_logging.enable_progress_bar()
         if datasets_on:
-            enable_progress_bars()
+            datasets_tqdm.enable_progress_bars()
 
 
 def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):

@@ -298,23 +298,18 @@ def _parse_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def no_library_bars():
-    """transformers 5 and datasets draw a bar for every model loaded or saved and every dataset mapped ("Loading
-    weights", "Writing model shards", "Tokenizing train dataset"): in a notebook or a job log that is noise about the
-    libraries, not the run. The training bar and the workbench's own sampling bars are not affected."""
-    from datasets.utils import tqdm as datasets_tqdm
+def no_loading_bar():
+    """transformers 5 draws a "Loading weights" bar for every model it loads: in a notebook or a job log that is
+    noise about the library, not the run (training and sampling bars are not affected)."""
     from transformers.utils import logging as hf_logging
 
-    transformers_on, datasets_on = hf_logging.is_progress_bar_enabled(), datasets_tqdm.is_progress_bar_enabled()
+    was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    datasets_tqdm.disable_progress_bars()
     try:
         yield
     finally:
-        if transformers_on:
+        if was_enabled:
             hf_logging.enable_progress_bar()
-        if datasets_on:
-            datasets_tqdm.enable_progress_bars()
 
 
 def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):
@@ -323,7 +318,7 @@ def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):
     if resolved.source == "hub" and hub_offline():
         kwargs["local_files_only"] = True
     try:
-        with no_library_bars():
+        with no_loading_bar():
             return auto_cls.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as error:
         hint = " The Hub is offline (HF_HUB_OFFLINE=1), so only the local HF cache was searched." if hub_offline() else ""

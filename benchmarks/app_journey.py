@@ -95,6 +95,7 @@ def journey(url: str, ctx, args, playwright) -> dict:
 
     mark = time.perf_counter()
     page.get_by_role("tab", name="Compare").click()
+    page.get_by_label("Held-out prompts").fill(str(args.eval_prompts))
     page.locator("#eval-go").click()
     wait_for_text(page, "#eval-status", "Evaluation: (finished|failed)")
     seconds["evaluate"] = time.perf_counter() - mark
@@ -146,6 +147,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--run", type=Path, help="run directory (default: a fresh temporary one)")
     parser.add_argument("--hand", type=int, default=60, help="labels clicked by the persona in the Rank tab")
     parser.add_argument("--blind", type=int, default=20, help="blind votes")
+    parser.add_argument("--eval-prompts", type=int, default=85, help="held-out prompts of the evaluation (all 85: "
+                                                                     "the win rate's CI is about +-0.1)")
     parser.add_argument("--oracle", default="helpful-upbeat-concise", help="the persona's gold labeler")
     parser.add_argument("--policy", default=DEFAULT_POLICY, help="a check of the script itself: tiny-random-llama")
     parser.add_argument("--reward-backbone", default=DEFAULT_REWARD_BACKBONE)

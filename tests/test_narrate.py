@@ -13,6 +13,8 @@ def test_change_calls_a_clear_trend_and_leaves_noise_level():
     assert narrate.change([0.6, 0.5, 0.4, 0.3, 0.2, 0.1])[2] == "fell"
     noise = np.random.default_rng(0).normal(0, 1, 30).tolist()
     assert narrate.change(noise)[2] == "stayed level"
+    assert narrate.change([0.69, 0.5, 0.3, 0.1])[2] == "too few points"  # no noise estimate from 4 values
+    assert "too few to tell" in narrate.describe_change([0.690, 0.691, 0.692, 0.693], "the loss")
     with pytest.raises(ValueError):
         narrate.change([])
 

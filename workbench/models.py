@@ -298,18 +298,23 @@ def _parse_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def no_loading_bar():
-    """transformers 5 draws a "Loading weights" bar for every model it loads: in a notebook or a job log that is
-    noise about the library, not the run (training and sampling bars are not affected)."""
+def no_library_bars():
+    """transformers 5 and datasets draw a bar for every model loaded or saved and every dataset mapped ("Loading
+    weights", "Writing model shards", "Tokenizing train dataset"): in a notebook or a job log that is noise about the
+    libraries, not the run. The training bar and the workbench's own sampling bars are not affected."""
+    from datasets.utils.tqdm import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
+    transformers_on, datasets_on = hf_logging.is_progress_bar_enabled(), is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    disable_progress_bars()
     try:
         yield
     finally:
-        if was_enabled:
+        if transformers_on:
             hf_logging.enable_progress_bar()
+        if datasets_on:
+            enable_progress_bars()
 
 
 def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):
@@ -318,7 +323,7 @@ def _from_pretrained(auto_cls, resolved: ResolvedModel, **kwargs):
     if resolved.source == "hub" and hub_offline():
         kwargs["local_files_only"] = True
     try:
-        with no_loading_bar():
+        with no_library_bars():
             return auto_cls.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as error:
         hint = " The Hub is offline (HF_HUB_OFFLINE=1), so only the local HF cache was searched." if hub_offline() else ""

@@ -15,14 +15,20 @@ import numpy as np
 LN2 = math.log(2)  # the Bradley-Terry loss of a model that scores both sides alike
 
 
+MIN_PER_THIRD = 2  # values in each third, to estimate the noise a trend must beat
+
+
 def change(values: list[float]) -> tuple[float, float, str]:
-    """(mean of the first third, mean of the last third, "rose" | "fell" | "stayed level") of a noisy series."""
+    """(mean of the first third, mean of the last third, "rose" | "fell" | "stayed level") of a noisy series;
+    (first value, last value, "too few points") below 6 values."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if x.size == 0:
         raise ValueError("change() needs at least one number")
-    k = max(x.size // 3, 1)
+    k = x.size // 3
+    if k < MIN_PER_THIRD:  # no estimate of the noise: no trend claimed either way
+        return float(x[0]), float(x[-1]), "too few points"
     first, last = x[:k], x[-k:]
-    se = math.sqrt((first.var(ddof=1) if k > 1 else 0.0) / k + (last.var(ddof=1) if k > 1 else 0.0) / k)
+    se = math.sqrt(first.var(ddof=1) / k + last.var(ddof=1) / k)
     delta = last.mean() - first.mean()
     word = "stayed level" if abs(delta) <= max(2 * se, 1e-9) else ("rose" if delta > 0 else "fell")
     return float(first.mean()), float(last.mean()), word
@@ -31,6 +37,8 @@ def change(values: list[float]) -> tuple[float, float, str]:
 def describe_change(values: list[float], what: str, digits: int = 3) -> str:
     first, last, word = change(values)
     span = f"{first:.{digits}f} → {last:.{digits}f}"
+    if word == "too few points":
+        return f"{what} went {span} (only {len(values)} values: too few to tell a trend from noise)"
     return f"{what} {word} ({span}, first third vs last third)" if word != "stayed level" else \
         f"{what} stayed level within its noise ({span}, first third vs last third)"
 
@@ -114,8 +122,8 @@ def rl_sentence(rows: list[dict], algo: str) -> str:
     """What an RL run's proxy reward, gold reward and cut-off share did (rows from RunDir.read_metrics)."""
     series = {key: [r[f"{algo}/{key}"] for r in rows if r.get(f"{algo}/{key}") is not None]
               for key in ("reward", "rewards/gold/mean", "rewards/eos_penalty/mean")}
-    if len(series["reward"]) < 3:
-        return f"{len(series['reward'])} logged step(s): too few to read a trend."
+    if len(series["reward"]) < 3 * MIN_PER_THIRD:
+        return f"{len(series['reward'])} logged step(s): too few to tell a trend from the sampling noise."
     parts = [describe_change(series["reward"], "the reward the optimiser saw (proxy + EOS penalty)")]
     if series["rewards/gold/mean"]:
         parts.append(describe_change(series["rewards/gold/mean"], "the gold reward of its samples"))

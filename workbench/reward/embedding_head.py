@@ -131,11 +131,11 @@ class EmbeddingHeadRewardModel(nn.Module):
         from safetensors import safe_open
         from transformers import AutoModel, AutoTokenizer
 
-        from workbench.models import no_loading_bar
+        from workbench.models import no_library_bars
 
         model_dir = Path(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        with no_loading_bar():
+        with no_library_bars():
             encoder = AutoModel.from_pretrained(model_dir / ENCODER_DIR, trust_remote_code=False)
         with safe_open(str(model_dir / HEAD_FILE), "pt") as handle:
             n_heads = int(handle.metadata()["n_heads"])

@@ -25,7 +25,7 @@ from workbench.distributed import per_process, process_info
 from workbench.evaluation.metrics import Estimate
 from workbench.evaluation.reward_diagnostics import diagnose_reward_model
 from workbench.generation import completion_text
-from workbench.models import load_reward_backbone, resolve_bf16
+from workbench.models import load_reward_backbone, no_library_bars, resolve_bf16
 from workbench.reward.kinds import FINE_TUNED, KindChoice, choose_kind
 from workbench.reward.label_curve import CURVE_FILE
 from workbench.reward.score import COMPLETION_FIRST, MANIFEST, RewardModel, default_text_format, reward_text
@@ -136,28 +136,9 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     num_processes, is_main = process_info()  # under `accelerate launch`, only the main process writes run files
     model_dir = stage_dir / "model"
     started = time.perf_counter()
-    if head:
-        model, tokenizer, n_dropped, extra, curve = _fit_embedding_head(train_rows, config, choice)
-        text_format = COMPLETION_FIRST
-        if is_main:
-            run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
-                            n_val=len(val_rows), n_dropped_too_long=n_dropped)
-            run.clear_metrics("reward")
-            write_json_atomic(stage_dir / CURVE_FILE, curve)
-            model.save(model_dir, tokenizer)
-    elif choice.kind == "ensemble":
-        model, tokenizer, n_dropped, extra = _train_ensemble(train_rows, config, model_dir)
-        text_format = default_text_format(tokenizer)
-        if is_main:
-            run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
-                            n_val=len(val_rows), n_dropped_too_long=n_dropped)
-            tokenizer.save_pretrained(str(model_dir))
-    else:
-        model, tokenizer, n_dropped = _fine_tune(run, train_rows, config, choice, len(rows), len(val_rows),
-                                                 num_processes, is_main)
-        text_format, extra = default_text_format(tokenizer), {}
-        if is_main:
-            tokenizer.save_pretrained(str(model_dir))
+    with no_library_bars():
+        model, tokenizer, n_dropped, extra, text_format = _train_kind(run, rows, train_rows, val_rows, config, choice,
+                                                                      head, num_processes, is_main)
     seconds = time.perf_counter() - started
     if is_main and not head:  # the curve of an earlier head would describe another model
         (stage_dir / CURVE_FILE).unlink(missing_ok=True)
@@ -184,6 +165,36 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
                                                "ece": diagnostics["ece"],
                                                "length_correlation": diagnostics["length_correlation"]})
     return result
+
+
+def _train_kind(run: RunDir, rows, train_rows, val_rows, config: RewardModelConfig, choice: KindChoice, head: bool,
+                num_processes: int, is_main: bool):
+    """Fit or fine-tune the chosen kind and save it (main process): (model, tokenizer, n_dropped, extra, text_format)."""
+    stage_dir = run.stage_dir("reward")
+    model_dir = stage_dir / "model"
+    if head:
+        model, tokenizer, n_dropped, extra, curve = _fit_embedding_head(train_rows, config, choice)
+        text_format = COMPLETION_FIRST
+        if is_main:
+            run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
+                            n_val=len(val_rows), n_dropped_too_long=n_dropped)
+            run.clear_metrics("reward")
+            write_json_atomic(stage_dir / CURVE_FILE, curve)
+            model.save(model_dir, tokenizer)
+    elif choice.kind == "ensemble":
+        model, tokenizer, n_dropped, extra = _train_ensemble(train_rows, config, model_dir)
+        text_format = default_text_format(tokenizer)
+        if is_main:
+            run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
+                            n_val=len(val_rows), n_dropped_too_long=n_dropped)
+            tokenizer.save_pretrained(str(model_dir))
+    else:
+        model, tokenizer, n_dropped = _fine_tune(run, train_rows, config, choice, len(rows), len(val_rows),
+                                                 num_processes, is_main)
+        text_format, extra = default_text_format(tokenizer), {}
+        if is_main:
+            tokenizer.save_pretrained(str(model_dir))
+    return model, tokenizer, n_dropped, extra, text_format
 
 
 def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choice: KindChoice):
@@ -228,10 +239,10 @@ def load_reward_encoder(name_or_path: str):
     """The frozen sentence encoder (no classification head) and its tokenizer, for the embedding head."""
     from transformers import AutoModel
 
-    from workbench.models import load_tokenizer, no_loading_bar, resolve_model
+    from workbench.models import load_tokenizer, no_library_bars, resolve_model
 
     tokenizer = load_tokenizer(name_or_path)
-    with no_loading_bar():
+    with no_library_bars():
         encoder = AutoModel.from_pretrained(resolve_model(name_or_path).path, trust_remote_code=False)
     return encoder.eval(), tokenizer
 

@@ -29,7 +29,7 @@ from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptRecord, builtin_prompts
 from workbench.distributed import per_process, process_info
 from workbench.generation import SentenceStop, completion_text, sentence_stopping_criterion, with_system_prompt
-from workbench.models import load_tokenizer, resolve_bf16, resolve_model
+from workbench.models import load_tokenizer, no_library_bars, resolve_bf16, resolve_model
 from workbench.rl.config import RLConfig
 from workbench.rl.rewards import GoldRewardLogger, eos_penalty, load_reward_classifier
 from workbench.runs import RunDir, write_json_atomic
@@ -317,23 +317,24 @@ def train_policy(config: RLConfig, out: str | Path, prompts: list[PromptRecord] 
     if is_main:
         run.save_config("rl", config)
 
-    trainer = build_trainer(config, run, prompts, preference_rows, reward_fn)
-    if config.snapshot_steps:
-        trainer.add_callback(PolicySnapshots(trainer, config.snapshot_steps, stage_dir / "snapshots"))
-    tokenizer = trainer.processing_class
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
+    with no_library_bars():  # the training bar stays; model saves and dataset maps draw none
+        trainer = build_trainer(config, run, prompts, preference_rows, reward_fn)
+        if config.snapshot_steps:
+            trainer.add_callback(PolicySnapshots(trainer, config.snapshot_steps, stage_dir / "snapshots"))
+        tokenizer = trainer.processing_class
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        seconds = time.perf_counter() - started
 
-    policy_dir = stage_dir / "policy"
-    if config.lora:
+        policy_dir = stage_dir / "policy"
+        if config.lora:
+            if trainer.accelerator.is_main_process:
+                trainer.model.merge_and_unload().save_pretrained(str(policy_dir))
+        else:
+            trainer.save_model(str(policy_dir))  # gathers sharded weights (FSDP/ZeRO-3); writes on the main process
         if trainer.accelerator.is_main_process:
-            trainer.model.merge_and_unload().save_pretrained(str(policy_dir))
-    else:
-        trainer.save_model(str(policy_dir))  # gathers sharded weights (FSDP/ZeRO-3); writes on the main process
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(str(policy_dir))
-        write_json_atomic(policy_dir / POLICY_MANIFEST, {"base": config.policy,
-                                                         "algo": config.algo, "beta": config.beta,
-                                                         "steps": trainer.state.global_step, "lora": config.lora})
+            tokenizer.save_pretrained(str(policy_dir))
+            write_json_atomic(policy_dir / POLICY_MANIFEST, {"base": config.policy,
+                                                             "algo": config.algo, "beta": config.beta,
+                                                             "steps": trainer.state.global_step, "lora": config.lora})
     return RLResult(policy_dir, trainer.state.global_step, seconds, resumed_step)

@@ -204,11 +204,12 @@ class _Embedder:
     def __init__(self, max_cache: int = 50_000):
         from transformers import AutoModel, AutoTokenizer
 
-        from workbench.models import resolve_model
+        from workbench.models import no_library_bars, resolve_model
 
         path = resolve_model("minilm-l6").path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        with no_library_bars():
+            self.model = AutoModel.from_pretrained(path).eval()
         self.cache: dict[str, object] = {}
         self.max_cache = max_cache
 

@@ -18,7 +18,7 @@ import torch
 from workbench.callbacks import RunMetricsCallback
 from workbench.data import builtin_corpus_path, load_texts
 from workbench.generation import SamplingConfig, generate
-from workbench.models import load_tokenizer
+from workbench.models import load_tokenizer, no_library_bars
 from workbench.runs import RunDir, write_json_atomic
 
 # Model sizes (the embedding is tied with the output layer).
@@ -130,17 +130,17 @@ def pretrain(config: PretrainConfig, out: str | Path) -> PretrainResult:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer,
-        callbacks=[RunMetricsCallback(run, "pretrain", "pretrain")],
-    )
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
+    with no_library_bars():  # the training bar stays; dataset maps and model saves draw none
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer,
+            callbacks=[RunMetricsCallback(run, "pretrain", "pretrain")],
+        )
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        model_dir = stage_dir / "model"
+        trainer.save_model(str(model_dir))
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-
-    model_dir = stage_dir / "model"
-    trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
     samples_after = _samples(trainer.model, tokenizer, config)
     result = PretrainResult(

@@ -15,7 +15,7 @@ import torch
 from workbench.callbacks import RunMetricsCallback
 from workbench.data import PromptFileError, read_rows
 from workbench.distributed import per_process, process_info
-from workbench.models import load_policy
+from workbench.models import load_policy, no_library_bars
 from workbench.runs import RunDir
 
 FORMATS = ({"text"}, {"messages"}, {"prompt", "completion"})
@@ -88,13 +88,14 @@ def supervised_finetune(config: SFTRunConfig, out: str | Path) -> dict:
         max_length=config.max_length,
         use_cpu=not torch.cuda.is_available(),
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[RunMetricsCallback(run, "sft", "sft")])
-    started = time.perf_counter()
-    trainer.train()
+    with no_library_bars():  # the training bar stays; dataset maps and model saves draw none
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[RunMetricsCallback(run, "sft", "sft")])
+        started = time.perf_counter()
+        trainer.train()
+        model_dir = stage_dir / "model"
+        trainer.save_model(str(model_dir))  # writes on the main process only
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    model_dir = stage_dir / "model"
-    trainer.save_model(str(model_dir))  # writes on the main process only
     if is_main:
         tokenizer.save_pretrained(str(model_dir))
     return {"model_dir": str(model_dir), "n_rows": len(rows), "steps": trainer.state.global_step,

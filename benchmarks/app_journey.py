@@ -103,14 +103,16 @@ def journey(url: str, ctx, args, playwright) -> dict:
     mark = time.perf_counter()
     outcomes, identical = [], 0
     while len(outcomes) < args.blind and identical < 3 * args.blind:  # a policy that never moved draws only identical pairs
-        before = _text(page, "#blind-shown-prompt")
         page.locator("#blind-go").click()
-        page.wait_for_function("(b) => (document.querySelector('#blind-shown-prompt')?.innerText || '') !== b",
-                               arg=before, timeout=JOB_TIMEOUT_MS)
-        shown_prompt = _text(page, "#blind-shown-prompt")
-        if "identical" in shown_prompt:
+        drawn = page.wait_for_function(  # a votable pair, or one more identical pair counted under the win rate
+            "(n) => { if (/Which reply is better/.test(document.querySelector('#blind-result').innerText))"
+            " return 'votable'; const same = document.querySelector('#blind-rate').innerText"
+            ".match(/(\\d+) drawn pairs? had identical replies/); return same && Number(same[1]) === n ? 'identical'"
+            " : false; }", arg=identical + 1, timeout=JOB_TIMEOUT_MS).json_value()
+        if drawn == "identical":
             identical += 1
             continue
+        shown_prompt = _text(page, "#blind-shown-prompt")
         prompt = re.sub(r"^Prompt:\s*", "", shown_prompt.splitlines()[0]).strip()
         left, right = _text(page, "#blind-left textarea"), _text(page, "#blind-right textarea")
         choice = "left" if gold(prompt, left) > gold(prompt, right) else "right" if gold(prompt, right) > gold(

@@ -276,6 +276,10 @@ def screenshot_tabs(page, out_dir: Path) -> dict[str, Path]:
         for label in plots[key]:
             plot_traces(page, label, name)
         page.wait_for_timeout(500)  # plotly lays a plot out again when its tab becomes visible
+        for close in page.locator('[data-testid="toast-close"]').all():  # toasts of earlier steps cover the page
+            if close.is_visible():
+                close.click(timeout=2000)
+        page.locator('[data-testid="toast-body"]').first.wait_for(state="detached", timeout=TIMEOUT_MS)
         paths[key] = out_dir / f"{key}.png"
         page.screenshot(path=str(paths[key]), full_page=True)
     return paths

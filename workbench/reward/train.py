@@ -136,9 +136,29 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
     num_processes, is_main = process_info()  # under `accelerate launch`, only the main process writes run files
     model_dir = stage_dir / "model"
     started = time.perf_counter()
-    with no_library_bars():
-        model, tokenizer, n_dropped, extra, text_format = _train_kind(run, rows, train_rows, val_rows, config, choice,
-                                                                      head, num_processes, is_main)
+    with no_library_bars():  # the training bar stays; model saves and dataset maps draw none
+        if head:
+            model, tokenizer, n_dropped, extra, curve = _fit_embedding_head(train_rows, config, choice)
+            text_format = COMPLETION_FIRST
+            if is_main:
+                run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
+                                n_val=len(val_rows), n_dropped_too_long=n_dropped)
+                run.clear_metrics("reward")
+                write_json_atomic(stage_dir / CURVE_FILE, curve)
+                model.save(model_dir, tokenizer)
+        elif choice.kind == "ensemble":
+            model, tokenizer, n_dropped, extra = _train_ensemble(train_rows, config, model_dir)
+            text_format = default_text_format(tokenizer)
+            if is_main:
+                run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
+                                n_val=len(val_rows), n_dropped_too_long=n_dropped)
+                tokenizer.save_pretrained(str(model_dir))
+        else:
+            model, tokenizer, n_dropped = _fine_tune(run, train_rows, config, choice, len(rows), len(val_rows),
+                                                     num_processes, is_main)
+            text_format, extra = default_text_format(tokenizer), {}
+            if is_main:
+                tokenizer.save_pretrained(str(model_dir))
     seconds = time.perf_counter() - started
     if is_main and not head:  # the curve of an earlier head would describe another model
         (stage_dir / CURVE_FILE).unlink(missing_ok=True)
@@ -165,36 +185,6 @@ def train_reward_model(rows: list[dict], config: RewardModelConfig, out: str | P
                                                "ece": diagnostics["ece"],
                                                "length_correlation": diagnostics["length_correlation"]})
     return result
-
-
-def _train_kind(run: RunDir, rows, train_rows, val_rows, config: RewardModelConfig, choice: KindChoice, head: bool,
-                num_processes: int, is_main: bool):
-    """Fit or fine-tune the chosen kind and save it (main process): (model, tokenizer, n_dropped, extra, text_format)."""
-    stage_dir = run.stage_dir("reward")
-    model_dir = stage_dir / "model"
-    if head:
-        model, tokenizer, n_dropped, extra, curve = _fit_embedding_head(train_rows, config, choice)
-        text_format = COMPLETION_FIRST
-        if is_main:
-            run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
-                            n_val=len(val_rows), n_dropped_too_long=n_dropped)
-            run.clear_metrics("reward")
-            write_json_atomic(stage_dir / CURVE_FILE, curve)
-            model.save(model_dir, tokenizer)
-    elif choice.kind == "ensemble":
-        model, tokenizer, n_dropped, extra = _train_ensemble(train_rows, config, model_dir)
-        text_format = default_text_format(tokenizer)
-        if is_main:
-            run.save_config("reward", config, kind=choice.kind, n_pairs=len(rows), n_train=len(train_rows),
-                            n_val=len(val_rows), n_dropped_too_long=n_dropped)
-            tokenizer.save_pretrained(str(model_dir))
-    else:
-        model, tokenizer, n_dropped = _fine_tune(run, train_rows, config, choice, len(rows), len(val_rows),
-                                                 num_processes, is_main)
-        text_format, extra = default_text_format(tokenizer), {}
-        if is_main:
-            tokenizer.save_pretrained(str(model_dir))
-    return model, tokenizer, n_dropped, extra, text_format
 
 
 def _fit_embedding_head(train_rows: list[dict], config: RewardModelConfig, choice: KindChoice):

@@ -57,7 +57,7 @@ def wait_for_text(page, selector: str, pattern: str, timeout_ms: int = JOB_TIMEO
 
 def journey(url: str, ctx, args, playwright) -> dict:
     from apps import guidance
-    from tests.app.browser import launch_browser
+    from tests.app.browser import draw_blind_pair, launch_browser
     from workbench.oracles import get_oracle
     from workbench.evaluation.metrics import bootstrap_ci
 
@@ -103,12 +103,7 @@ def journey(url: str, ctx, args, playwright) -> dict:
     mark = time.perf_counter()
     outcomes, identical = [], 0
     while len(outcomes) < args.blind and identical < 3 * args.blind:  # a policy that never moved draws only identical pairs
-        page.locator("#blind-go").click()
-        drawn = page.wait_for_function(  # a votable pair, or one more identical pair counted under the win rate
-            "(n) => { if (/Which reply is better/.test(document.querySelector('#blind-result').innerText))"
-            " return 'votable'; const same = document.querySelector('#blind-rate').innerText"
-            ".match(/(\\d+) drawn pairs? had identical replies/); return same && Number(same[1]) === n ? 'identical'"
-            " : false; }", arg=identical + 1, timeout=JOB_TIMEOUT_MS).json_value()
+        drawn = draw_blind_pair(page, identical, JOB_TIMEOUT_MS)
         if drawn == "identical":
             identical += 1
             continue

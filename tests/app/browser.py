@@ -233,6 +233,19 @@ def close_the_loop(page, url: str, size: LoopSize | None = None, screenshots: Pa
     return shown
 
 
+def draw_blind_pair(page, identical_so_far: int, timeout_ms: int = TIMEOUT_MS) -> str:
+    """Press "New blind pair" and wait for a votable pair ("votable") or one more identical pair counted under the
+    win rate ("identical"); the shown prompt alone can repeat, so it is no signal."""
+    page.locator("#blind-go").click()
+    return wait_until(
+        page, "(n) => { const result = document.querySelector('#blind-result').innerText;"
+              " const rate = document.querySelector('#blind-rate').innerText;"
+              " if (/Which reply is better/.test(result)) return 'votable';"
+              " const same = rate.match(/(\\d+) drawn pairs? had identical replies/);"
+              " return same && Number(same[1]) === n ? 'identical' : false; }",
+        identical_so_far + 1, "Compare (blind test)", "a new blind pair", timeout_ms, shown="#blind-result")
+
+
 def blind_votes(page, choices: tuple[str, ...]) -> list[dict]:
     """Draw a blind pair per choice and vote it. A pair with identical replies must be refused (a toast; nothing is
     counted). Returns per draw {"choice", "identical", "result" (the line under the pair), "rate" (the win rate)}."""
@@ -240,14 +253,7 @@ def blind_votes(page, choices: tuple[str, ...]) -> list[dict]:
     for choice in choices:
         identical = sum(draw["identical"] for draw in draws)
         votes = len(draws) - identical
-        page.locator("#blind-go").click()
-        drawn = wait_until(  # a votable pair, or one more identical pair counted under the win rate
-            page, "(n) => { const result = document.querySelector('#blind-result').innerText;"
-                  " const rate = document.querySelector('#blind-rate').innerText;"
-                  " if (/Which reply is better/.test(result)) return 'votable';"
-                  " const same = rate.match(/(\\d+) drawn pairs? had identical replies/);"
-                  " return same && Number(same[1]) === n ? 'identical' : false; }",
-            identical + 1, "Compare (blind test)", "a new blind pair", shown="#blind-result")
+        drawn = draw_blind_pair(page, identical)
         page.locator(f"#blind-vote-{choice}").click()
         if drawn == "votable":
             result = wait_for_text(page, "#blind-result", "The tuned policy was on the", "Compare (blind vote)")

@@ -5,7 +5,8 @@ labels and >= 0.80 at 400 (ceiling ~0.90); `positive` >= 0.85 at 100; active sel
 
 Prints one JSON line: the learning curves (`workbench.reward.learning_curve`) per labeler x kind x selection
 (mean over seeds, 95% t-interval), the linear-BT-on-gold-features ceiling, the fine-tuned MiniLM reward model
-(round 1's default) as the baseline in the same run, training time on 400 pairs and scoring throughput of the
+(round 1's default) as the baseline in the same run, each also on the clear held-out pairs only (gold
+difference >= 0.5, `clear_gold_accuracy`), training time on 400 pairs and scoring throughput of the
 default kind; writes the figure to <out>/learning_curves.html and every point to <out>/curve_points.json.
 
 Default (documented subset, ~30 min on 2 cores): the embedding-head kinds and the ceiling for every labeler and
@@ -28,10 +29,11 @@ from pathlib import Path
 import torch
 
 from workbench.models import load_policy, resolve_bf16
-from workbench.oracles import DEFAULT_ORACLE, ORACLES
+from workbench.generation import prompt_text
+from workbench.oracles import DEFAULT_ORACLE, ORACLES, gold_scores
 from workbench.reward import RewardModel, RewardModelConfig, train_reward_model
 from workbench.reward.kinds import choose_kind
-from workbench.reward.learning_curve import CurveConfig, learning_curves, summarise_curves
+from workbench.reward.learning_curve import CLEAR_MARGIN, CurveConfig, learning_curves, summarise_curves
 from workbench.reward.pair_cache import cached_pairs, label_pairs
 
 LABELERS = tuple(dict.fromkeys(("positive", "concise", "upbeat-concise", DEFAULT_ORACLE)))
@@ -124,6 +126,11 @@ def main() -> dict:
     timing = {} if args.no_timing else default_kind_timing(train_pairs, eval_pairs, out)
 
     matched = active_labels_to_match(summary, "upbeat-concise", "embedding-head")
+    prompts = [prompt_text(p["prompt"]) for p in eval_pairs]
+    clear_pairs = {}
+    for labeler in labelers:  # how many held-out pairs clear_gold_accuracy is measured on
+        gold = gold_scores(labeler, prompts * 2, [p["a"] for p in eval_pairs] + [p["b"] for p in eval_pairs])
+        clear_pairs[labeler] = sum(abs(a - b) >= CLEAR_MARGIN for a, b in zip(gold[: len(prompts)], gold[len(prompts) :]))
     goals = {
         "upbeat-concise@50>=0.70": (auto_point(summary, "upbeat-concise", 50) or 0) >= 0.70,
         "upbeat-concise@400>=0.80": (auto_point(summary, "upbeat-concise", 400) or 0) >= 0.80,
@@ -139,7 +146,7 @@ def main() -> dict:
         "torch_threads": torch.get_num_threads(), "full": args.full,
         "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "pair_seconds": round(pair_seconds, 1),
         "head_curve_seconds": round(head_seconds, 1), "baseline_curve_seconds": round(baseline_seconds, 1),
-        "curves": summary,
+        "clear_margin": CLEAR_MARGIN, "clear_eval_pairs": clear_pairs, "curves": summary,
         "auto_kind": {str(n): choose_kind("auto", None, n).kind for n in sizes},
         "active_labels_to_match_random@400": matched,
         "default_kind_timing": timing,

@@ -14,7 +14,8 @@ from workbench.reward import RewardModel, RewardModelConfig, train_reward_model
 from workbench.reward.embedding_head import EmbeddingHeadRewardModel, fit_heads, text_features
 from workbench.reward.ensemble import EnsembleRewardModel
 from workbench.reward.kinds import AUTO_THRESHOLDS, choose_kind
-from workbench.reward.learning_curve import CEILING, CurveConfig, gold_agreement, learning_curves, summarise_curves
+from workbench.reward.learning_curve import (CEILING, CurveConfig, clear_gold_agreement, gold_agreement,
+                                             learning_curves, summarise_curves)
 from workbench.reward.train import load_reward_encoder
 from workbench.reward.uncertainty import PairPreference, pair_preferences, rank_by_uncertainty, select_uncertain
 
@@ -162,8 +163,18 @@ def test_learning_curves_random_active_and_ceiling(tmp_path):
                                                           (CEILING, "random")}
     assert len(rows) == 3 * 2 * 2 and all(0 <= r["gold_accuracy"] <= 1 for r in rows)
     assert all(r["gold_accuracy"] == 1.0 for r in rows if r["kind"] == CEILING)  # VADER separates these texts
+    assert all(r["clear_gold_accuracy"] == 1.0 for r in rows if r["kind"] == CEILING)
     summary = summarise_curves(rows)
     assert len(summary) == 6 and all(s["low"] <= s["gold_accuracy"] <= s["high"] and s["n_seeds"] == 2 for s in summary)
+    assert all(s["clear_gold_accuracy"] is None or 0 <= s["clear_gold_accuracy"] <= 1 for s in summary)
+
+
+def test_clear_gold_agreement_counts_only_pairs_past_the_margin():
+    gold_a, gold_b = torch.tensor([1.0, 0.0, 0.2, 0.0]), torch.tensor([0.0, 1.0, 0.0, 0.1])  # last two are close
+    scores_a, scores_b = torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 1.0])  # right on pairs 0 and 3
+    assert gold_agreement(scores_a, scores_b, gold_a, gold_b) == 0.5  # pairs 0 and 3 right
+    assert clear_gold_agreement(scores_a, scores_b, gold_a, gold_b) == 0.5  # of the clear pairs 0 and 1, pair 0
+    assert clear_gold_agreement(scores_a, scores_b, gold_a, gold_b, margin=2.0) is None  # no pair that clear
 
 
 def test_rloo_trains_against_an_embedding_head_reward_model(head_rm, tmp_path):

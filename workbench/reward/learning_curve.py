@@ -2,7 +2,8 @@
 
 `learning_curves` trains on the first n labels of a seed's random order (or, with active selection, grows the
 labelled set from `active_start` random labels by the pairs the model is least sure about: uncertainty.py) and
-scores one fixed set of held-out pairs against the labeler's GOLD reward (ties in gold or model count 0.5).
+scores one fixed set of held-out pairs against the labeler's GOLD reward (ties in gold or model count 0.5), on
+all of them and on the clear ones (gold difference >= CLEAR_MARGIN: the pairs no careful person gets wrong).
 Next to it, at the same label counts: the ceiling, a linear Bradley-Terry model on the gold's own raw features
 (word count, VADER compound, the task term and its gate), i.e. what a reward model that saw exactly those could reach from the same labels.
 
@@ -29,6 +30,7 @@ from workbench.reward.score import RewardModel
 from workbench.reward.train import RewardModelConfig, train_reward_model
 
 CEILING = "gold-features"  # the linear-BT-on-gold-features reference, reported as a kind
+CLEAR_MARGIN = 0.5  # gold units: 5 noise units at T = 0.1, where the annotator agrees with the gold 99 % of the time
 HEAD_KINDS = ("embedding-head", "ensemble")
 
 
@@ -45,11 +47,27 @@ class CurveConfig:
                                                                             val_fraction=0.0))
 
 
-def gold_agreement(scores_a: torch.Tensor, scores_b: torch.Tensor, gold_a: torch.Tensor, gold_b: torch.Tensor) -> float:
-    """Share of pairs the model orders as the gold does; a tie on either side counts 0.5."""
+def _agreement(scores_a, scores_b, gold_a, gold_b) -> torch.Tensor:
     agree = ((scores_a > scores_b) == (gold_a > gold_b)).double()
     agree[(scores_a == scores_b) | (gold_a == gold_b)] = 0.5
-    return float(agree.mean())
+    return agree
+
+
+def gold_agreement(scores_a: torch.Tensor, scores_b: torch.Tensor, gold_a: torch.Tensor, gold_b: torch.Tensor) -> float:
+    """Share of pairs the model orders as the gold does; a tie on either side counts 0.5."""
+    return float(_agreement(scores_a, scores_b, gold_a, gold_b).mean())
+
+
+def clear_gold_agreement(scores_a: torch.Tensor, scores_b: torch.Tensor, gold_a: torch.Tensor, gold_b: torch.Tensor,
+                         margin: float = CLEAR_MARGIN) -> float | None:
+    """`gold_agreement` on the clear pairs only, those whose gold rewards differ by at least `margin` (None if none):
+    the pairs a careful person would not get wrong, so a model's errors there are its own, not the close calls'."""
+    clear = (gold_a - gold_b).abs() >= margin
+    return float(_agreement(scores_a, scores_b, gold_a, gold_b)[clear].mean()) if bool(clear.any()) else None
+
+
+def _accuracies(scores_a, scores_b, gold_a, gold_b) -> tuple[float, float | None]:
+    return gold_agreement(scores_a, scores_b, gold_a, gold_b), clear_gold_agreement(scores_a, scores_b, gold_a, gold_b)
 
 
 def gold_features(prompt, completion: str) -> list[float]:
@@ -91,9 +109,11 @@ def learning_curves(train_pairs: list[dict], eval_pairs: list[dict], config: Cur
                     else:
                         results = _fine_tuned_curve(kind, labelled, order, sizes, eval_pairs, gold_a, gold_b,
                                                     config.rm, seed, Path(out or "runs/learning_curves"))
-                    for n_labels, accuracy, seconds in results:
+                    for n_labels, (accuracy, clear), seconds in results:
                         rows.append({**point, "kind": kind, "selection": selection, "n_labels": n_labels,
-                                     "gold_accuracy": round(accuracy, 4), "train_seconds": round(seconds, 3)})
+                                     "gold_accuracy": round(accuracy, 4),
+                                     "clear_gold_accuracy": None if clear is None else round(clear, 4),
+                                     "train_seconds": round(seconds, 3)})
                     if progress:
                         progress(f"{labeler} seed {seed} {kind} {selection}: {time.perf_counter() - started:.1f} s")
     return rows
@@ -154,7 +174,7 @@ class _HeadFeatures:
             with torch.no_grad():
                 scores_a = model.head_scores(self.eval_a).mean(1)
                 scores_b = model.head_scores(self.eval_b).mean(1)
-            results.append((size, gold_agreement(scores_a, scores_b, gold_a, gold_b), time.perf_counter() - started))
+            results.append((size, _accuracies(scores_a, scores_b, gold_a, gold_b), time.perf_counter() - started))
         return results
 
 
@@ -178,8 +198,8 @@ class _CeilingFeatures:
             started = time.perf_counter()
             chosen, rejected, targets = _oriented(labelled, order[:size], self.train_a, self.train_b)
             w, _ = fit_bradley_terry((chosen - rejected) / self.scale, targets, l2)
-            accuracy = gold_agreement(self.eval_a / self.scale @ w, self.eval_b / self.scale @ w, gold_a, gold_b)
-            results.append((size, accuracy, time.perf_counter() - started))
+            accuracies = _accuracies(self.eval_a / self.scale @ w, self.eval_b / self.scale @ w, gold_a, gold_b)
+            results.append((size, accuracies, time.perf_counter() - started))
         return results
 
 
@@ -196,27 +216,30 @@ def _fine_tuned_curve(kind, labelled, order, sizes, eval_pairs, gold_a, gold_b, 
         scorer = RewardModel.load(result.model_dir, bf16=False)
         scores_a = torch.tensor(scorer.score(prompts, [p["a"] for p in eval_pairs]))
         scores_b = torch.tensor(scorer.score(prompts, [p["b"] for p in eval_pairs]))
-        results.append((size, gold_agreement(scores_a, scores_b, gold_a, gold_b), result.seconds))
+        results.append((size, _accuracies(scores_a, scores_b, gold_a, gold_b), result.seconds))
         shutil.rmtree(folder, ignore_errors=True)  # a model per point would fill the disk
     return results
 
 
 def summarise_curves(rows: list[dict]) -> list[dict]:
-    """Mean gold accuracy over seeds per (labeler, kind, selection, n_labels), with a 95 % t-interval."""
+    """Mean gold accuracy over seeds per (labeler, kind, selection, n_labels), with a 95 % t-interval, and the mean
+    accuracy on clear pairs (`clear_gold_agreement`) where the rows have it."""
     from scipy import stats
 
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["labeler"], row["kind"], row["selection"], row["n_labels"]), []).append(
-            row["gold_accuracy"])
+        groups.setdefault((row["labeler"], row["kind"], row["selection"], row["n_labels"]), []).append(row)
     summary = []
-    for (labeler, kind, selection, n_labels), values in groups.items():
+    for (labeler, kind, selection, n_labels), members in groups.items():
+        values = [r["gold_accuracy"] for r in members]
         values_t = torch.tensor(values, dtype=torch.float64)
         mean = float(values_t.mean())
         half = float(stats.t.ppf(0.975, len(values) - 1) * values_t.std() / len(values) ** 0.5) if len(values) > 1 else 0.0
+        clear = [r["clear_gold_accuracy"] for r in members if r.get("clear_gold_accuracy") is not None]
         summary.append({"labeler": labeler, "kind": kind, "selection": selection, "n_labels": n_labels,
                         "gold_accuracy": round(mean, 4), "low": round(max(mean - half, 0.0), 4),
-                        "high": round(min(mean + half, 1.0), 4), "n_seeds": len(values)})
+                        "high": round(min(mean + half, 1.0), 4), "n_seeds": len(values),
+                        "clear_gold_accuracy": round(sum(clear) / len(clear), 4) if clear else None})
     return summary
 
 

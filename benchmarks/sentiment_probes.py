@@ -74,7 +74,10 @@ def head_on_positive_labels(train_pairs: list[dict], eval_pairs: list[dict], n: 
 
     config = CurveConfig(labelers=("positive",), kinds=("embedding-head",), sizes=(n,), seeds=(0, 1, 2), active=False)
     rows = [r for r in learning_curves(train_pairs, eval_pairs, config) if r["kind"] == "embedding-head"]
-    mean = lambda key: round(sum(r[key] for r in rows) / len(rows), 3)  # noqa: E731
+    def mean(key: str) -> float | None:  # None where no held-out pair is clear
+        values = [r[key] for r in rows if r[key] is not None]
+        return round(sum(values) / len(values), 3) if values else None
+
     return {"order_agreement": mean("gold_accuracy"), "clear_order_agreement": mean("clear_gold_accuracy")}
 
 
@@ -110,9 +113,10 @@ def main() -> dict:
             continue
         a, b = scores[:n].double(), scores[n:].double()
         diff, vader_diff = a - b, vader[:n].double() - vader[n:].double()
+        clear = clear_gold_agreement(a, b, vader[:n], vader[n:])  # None where no pair is clear
         results[name] = {
             "order_agreement": round(gold_agreement(a, b, vader[:n], vader[n:]), 3),
-            "clear_order_agreement": round(clear_gold_agreement(a, b, vader[:n], vader[n:]), 3),
+            "clear_order_agreement": None if clear is None else round(clear, 3),
             "diff_correlation": round(float(torch.corrcoef(torch.stack([diff, vader_diff]))[0, 1]), 3),
             "seconds": round(time.perf_counter() - started, 1)}
     return {"benchmark": "sentiment_probes", "eval_pairs": n,

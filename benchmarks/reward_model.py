@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 
 from workbench.models import load_policy, resolve_bf16
-from workbench.generation import prompt_text
-from workbench.oracles import DEFAULT_ORACLE, ORACLES, gold_scores
+from workbench.oracles import DEFAULT_ORACLE, ORACLES
 from workbench.reward import RewardModel, RewardModelConfig, train_reward_model
 from workbench.reward.kinds import choose_kind
 from workbench.reward.learning_curve import CLEAR_MARGIN, CurveConfig, learning_curves, summarise_curves
@@ -126,11 +125,7 @@ def main() -> dict:
     timing = {} if args.no_timing else default_kind_timing(train_pairs, eval_pairs, out)
 
     matched = active_labels_to_match(summary, "upbeat-concise", "embedding-head")
-    prompts = [prompt_text(p["prompt"]) for p in eval_pairs]
-    clear_pairs = {}
-    for labeler in labelers:  # how many held-out pairs clear_gold_accuracy is measured on
-        gold = gold_scores(labeler, prompts * 2, [p["a"] for p in eval_pairs] + [p["b"] for p in eval_pairs])
-        clear_pairs[labeler] = sum(abs(a - b) >= CLEAR_MARGIN for a, b in zip(gold[: len(prompts)], gold[len(prompts) :]))
+    clear_pairs = {r["labeler"]: r["n_clear_pairs"] for r in rows}  # held-out pairs clear_gold_accuracy is on
     goals = {
         "upbeat-concise@50>=0.70": (auto_point(summary, "upbeat-concise", 50) or 0) >= 0.70,
         "upbeat-concise@400>=0.80": (auto_point(summary, "upbeat-concise", 400) or 0) >= 0.80,

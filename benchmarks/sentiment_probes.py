@@ -74,6 +74,7 @@ def head_on_positive_labels(train_pairs: list[dict], eval_pairs: list[dict], n: 
 
     config = CurveConfig(labelers=("positive",), kinds=("embedding-head",), sizes=(n,), seeds=(0, 1, 2), active=False)
     rows = [r for r in learning_curves(train_pairs, eval_pairs, config) if r["kind"] == "embedding-head"]
+
     def mean(key: str) -> float | None:  # None where no held-out pair is clear
         values = [r[key] for r in rows if r[key] is not None]
         return round(sum(values) / len(values), 3) if values else None
@@ -83,7 +84,7 @@ def head_on_positive_labels(train_pairs: list[dict], eval_pairs: list[dict], n: 
 
 def main() -> dict:
     from workbench.models import resolve_bf16
-    from workbench.reward.learning_curve import clear_gold_agreement, gold_agreement
+    from workbench.reward.learning_curve import CLEAR_MARGIN, clear_gold_agreement, gold_agreement
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default="runs/bench_reward_model", help="reward_model.py's --out (pairs_*.json)")
@@ -120,7 +121,7 @@ def main() -> dict:
             "diff_correlation": round(float(torch.corrcoef(torch.stack([diff, vader_diff]))[0, 1]), 3),
             "seconds": round(time.perf_counter() - started, 1)}
     return {"benchmark": "sentiment_probes", "eval_pairs": n,
-            "clear_pairs": int(((vader[:n] - vader[n:]).abs() >= 0.5).sum()),
+            "clear_pairs": int(((vader[:n] - vader[n:]).abs() >= CLEAR_MARGIN).sum()),
             "machine": f"{platform.machine()}, bf16 native: {resolve_bf16(None)}", "probes": results}
 
 

@@ -164,6 +164,7 @@ def test_learning_curves_random_active_and_ceiling(tmp_path):
     assert len(rows) == 3 * 2 * 2 and all(0 <= r["gold_accuracy"] <= 1 for r in rows)
     assert all(r["gold_accuracy"] == 1.0 for r in rows if r["kind"] == CEILING)  # VADER separates these texts
     assert all(r["clear_gold_accuracy"] == 1.0 for r in rows if r["kind"] == CEILING)
+    assert all(0 < r["n_clear_pairs"] <= 10 for r in rows)  # the 10 held-out pairs, some clear
     summary = summarise_curves(rows)
     assert len(summary) == 6 and all(s["low"] <= s["gold_accuracy"] <= s["high"] and s["n_seeds"] == 2 for s in summary)
     assert all(s["clear_gold_accuracy"] is None or 0 <= s["clear_gold_accuracy"] <= 1 for s in summary)

@@ -92,11 +92,12 @@ def learning_curves(train_pairs: list[dict], eval_pairs: list[dict], config: Cur
         prompts = [prompt_text(p["prompt"]) for p in eval_pairs]
         gold = torch.tensor(gold_scores(labeler, prompts * 2, [p["a"] for p in eval_pairs] + [p["b"] for p in eval_pairs]))
         gold_a, gold_b = gold[: len(eval_pairs)], gold[len(eval_pairs) :]
+        n_clear = int(((gold_a - gold_b).abs() >= CLEAR_MARGIN).sum())  # the pairs clear_gold_accuracy is on
         for seed in config.seeds:
             labelled = label_pairs(train_pairs, labeler, config.temperature, seed)
             order = list(range(len(train_pairs)))
             random.Random(seed).shuffle(order)
-            point = {"labeler": labeler, "seed": seed}
+            point = {"labeler": labeler, "seed": seed, "n_clear_pairs": n_clear}
             for kind in (*config.kinds, CEILING):
                 selections = ("random", "active") if config.active and kind in HEAD_KINDS else ("random",)
                 for selection in selections:

@@ -92,6 +92,10 @@ def main() -> dict:
     parser.add_argument("--train-pairs", type=int, default=800, help="the first N cached training pairs, as reward_model.py")
     parser.add_argument("--no-lm", action="store_true", help="skip the SmolLM2 probe (the slow one)")
     args = parser.parse_args()
+    missing = [name for name in ("pairs_heldout.json", "pairs_train.json") if not (Path(args.pairs) / name).is_file()]
+    if missing:
+        parser.error(f"--pairs {args.pairs}: no {' or '.join(missing)}; run benchmarks/reward_model.py --out "
+                     f"{args.pairs} first (it caches the pairs)")
     eval_pairs = json.loads((Path(args.pairs) / "pairs_heldout.json").read_text())["pairs"][: args.eval_pairs]
     train_pairs = json.loads((Path(args.pairs) / "pairs_train.json").read_text())["pairs"][: args.train_pairs]
     texts = [p["a"] for p in eval_pairs] + [p["b"] for p in eval_pairs]
